@@ -1,0 +1,38 @@
+# Two entry points for a newcomer: `make demo` and `make test`. Each (re)creates the virtual environment
+# when pyproject.toml changed, installs what is needed, then runs.
+VENV     ?= .venv
+PYTHON   ?= python3
+# The CPU build of torch first, so that no CUDA build is pulled in (override on a GPU machine: TORCH=torch).
+TORCH    ?= torch==2.13.0
+PY       := $(VENV)/bin/python
+STAMP    := $(VENV)/.installed
+FMNIST   := /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz
+DEMO_OUT ?= demo-out
+
+.PHONY: demo test install data clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip setuptools wheel
+	$(PY) -m pip install -q "$(TORCH)"
+	$(PY) -m pip install -q -e ".[photos,test]"
+	touch $(STAMP)
+
+# Fashion-MNIST from Debian's package when apt is there; otherwise advshield downloads it (SHA-256 checked).
+data:
+	@if [ ! -f $(FMNIST) ] && command -v apt-get >/dev/null 2>&1; then \
+		if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO="sudo -n"; fi; \
+		($$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq dataset-fashion-mnist) >/dev/null 2>&1 \
+		|| echo "note: could not install dataset-fashion-mnist; advshield will download Fashion-MNIST"; \
+	fi
+
+demo: install data
+	$(VENV)/bin/advshield demo --out $(DEMO_OUT)
+
+test: install data
+	$(PY) -m pytest -q tests
+
+clean:
+	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache

@@ -1,0 +1,17 @@
+"""advshield: transferable attacks, purifier defenses and honest robustness evaluation for image classifiers.
+
+Convention everywhere: float images in [0,1], N×C×H×W; classifiers are ``nn.Module``s returning logits with
+normalisation inside.
+"""
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from . import attacks, defenses  # noqa: F401  (registers attacks and defenses)
+from .defenses import defend
+from .errors import AdvshieldError, DataError, ModelError
+from .models import load_model
+from .registry import ATTACKS, DEFENSES, MODELS
+
+__all__ = ["ATTACKS", "DEFENSES", "MODELS", "AdvshieldError", "DataError", "ModelError", "__version__", "defend",
+           "load_model"]

@@ -1,0 +1,171 @@
+"""The shared attack loop. Every gradient attack is a configuration of :class:`GradientAttack`'s hooks:
+
+    init → repeat steps × [input_transform → loss → gradient → grad_transform → step → project]
+
+Images are float N×C×H×W in [0,1]; eps and step sizes are in [0,1] units. ``atk(x, y=None)`` uses the
+model's own predictions as labels when ``y`` is None (no label leaking). The model's train/eval mode and
+its parameters' ``requires_grad`` flags are restored afterwards.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .threat import ThreatModel
+
+
+@contextlib.contextmanager
+def frozen_eval(model: nn.Module) -> Iterator[nn.Module]:
+    """Put ``model`` in eval mode with parameters not requiring grad; restore both on exit."""
+    modes = {m: m.training for m in model.modules()}
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    model.eval()
+    for p, _ in flags:
+        p.requires_grad_(False)
+    try:
+        yield model
+    finally:
+        for m, mode in modes.items():
+            m.training = mode
+        for p, flag in flags:
+            p.requires_grad_(flag)
+
+
+class Attack:
+    """Base of all per-image attacks: ``x_adv = atk(x, y=None)``.
+
+    Subclasses implement :meth:`perturb`. Targeted mode: :meth:`set_target_mode` with ``"random"``
+    (a random class ≠ label), ``"least_likely"`` or ``"given"`` (pass the targets as ``y``)."""
+
+    name = "attack"
+    norm = "linf"  # the norm of the budget this attack is given by for_budget()
+
+    def __init__(self, model: nn.Module, threat: ThreatModel, seed: int | None = None) -> None:
+        self.model = model
+        self.threat = threat
+        self.seed = seed
+        self.target_mode: str | None = None
+
+    # -- public -----------------------------------------------------------------------------------------
+    def __call__(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        return self.forward(x, y)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """x: N×C×H×W in [0,1]; y: N labels (or targets in "given" mode). Returns x_adv, same shape."""
+        x = x.detach()
+        with frozen_eval(self.model), self._rng():
+            if y is None or self.target_mode in ("random", "least_likely"):
+                with torch.no_grad():
+                    logits = self.model(x)
+                if y is None:
+                    y = logits.argmax(1)
+                if self.target_mode == "random":
+                    num_classes = logits.shape[1]
+                    shift = torch.randint(1, num_classes, y.shape, device=y.device)
+                    y = (y + shift) % num_classes  # never the true class
+                elif self.target_mode == "least_likely":
+                    y = logits.argmin(1)
+            x_adv = self.perturb(x, y.to(x.device))
+        return x_adv.detach()
+
+    def set_target_mode(self, mode: str | None) -> "Attack":
+        """None (untargeted), "given", "random" or "least_likely"."""
+        if mode not in (None, "given", "random", "least_likely"):
+            raise ValueError(f"unknown target mode {mode!r}")
+        self.target_mode = mode
+        return self
+
+    @property
+    def targeted(self) -> bool:
+        return self.target_mode is not None
+
+    def perturb(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.threat.norm}, eps={self.threat.eps:.4g})"
+
+    # -- helpers ----------------------------------------------------------------------------------------
+    def _rng(self) -> contextlib.AbstractContextManager:
+        """Seeded randomness for the attack's own random parts when ``seed`` is set."""
+        return seeded(self.seed) if self.seed is not None else contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def seeded(seed: int) -> Iterator[None]:
+    """Run a block with torch's global RNG (CPU and current CUDA device) seeded, then restore it."""
+    devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
+
+
+class GradientAttack(Attack):
+    """Iterative sign-gradient (L∞) or normalised-gradient (L2) ascent on a loss, projected each step.
+
+    eps, alpha: [0,1] units. ``random_start``: uniform in the L∞ ball / uniform in the L2 ball."""
+
+    def __init__(self, model: nn.Module, eps: float = 8 / 255, alpha: float = 2 / 255, steps: int = 10,
+                 random_start: bool = False, norm: str = "linf", seed: int | None = None) -> None:
+        super().__init__(model, ThreatModel(norm=norm, eps=eps), seed)
+        self.eps, self.alpha, self.steps, self.random_start = eps, alpha, steps, random_start
+
+    # hooks ---------------------------------------------------------------------------------------------
+    def init(self, x: torch.Tensor) -> torch.Tensor:
+        """Starting point. Random start: U(-eps, eps) (L∞) or a uniform point in the L2 ball."""
+        if not self.random_start:
+            return x.clone()
+        if self.threat.norm == "linf":
+            delta = torch.empty_like(x).uniform_(-self.eps, self.eps)
+        else:
+            delta = torch.randn_like(x)
+            n = delta.flatten(1).norm(dim=1).view(-1, *[1] * (x.dim() - 1))
+            r = torch.rand(len(x), device=x.device).view_as(n)
+            delta = delta / n * r * self.eps
+        return (x + delta).clamp(*self.threat.bounds)
+
+    def input_transform(self, x_adv: torch.Tensor) -> torch.Tensor:
+        """Applied to the image before the forward pass (DI resizes here)."""
+        return x_adv
+
+    def loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Summed over the batch; ascended. Targeted: minus the cross-entropy toward ``y``."""
+        ce = F.cross_entropy(logits, y, reduction="sum")
+        return -ce if self.targeted else ce
+
+    def grad_transform(self, grad: torch.Tensor) -> torch.Tensor:
+        """Momentum, translation smoothing... go here; may keep state on ``self``."""
+        return grad
+
+    def step(self, x_adv: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+        if self.threat.norm == "linf":
+            return x_adv + self.alpha * grad.sign()
+        n = grad.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *[1] * (grad.dim() - 1))
+        return x_adv + self.alpha * grad / n
+
+    def reset(self) -> None:
+        """Clear per-call state (momentum buffers...)."""
+
+    # loop ----------------------------------------------------------------------------------------------
+    def gradient(self, x_adv: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        x_adv = x_adv.detach().requires_grad_(True)
+        loss = self.loss(self.model(self.input_transform(x_adv)), y)
+        (grad,) = torch.autograd.grad(loss, x_adv)
+        return grad
+
+    def perturb(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        self.reset()
+        x_adv = self.init(x)
+        for _ in range(self.steps):
+            grad = self.grad_transform(self.gradient(x_adv, y))
+            x_adv = self.threat.project(self.step(x_adv, grad).detach(), x)
+        return x_adv
+
+    @classmethod
+    def for_budget(cls, model: nn.Module, eps: float, **kw) -> "GradientAttack":
+        """Paper defaults at budget ``eps``: 10 steps of eps/10 (NRP supplement F)."""
+        return cls(model, eps=eps, **{"alpha": eps / 10, "steps": 10, **kw})

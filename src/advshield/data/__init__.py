@@ -1,0 +1,32 @@
+"""Data sources. Every loader returns images as tensors in [0,1] (uint8 stored), NCHW, with int64 labels."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable
+
+from ..errors import DataError
+from .cifar import cifar10
+from .mnist import fashion_mnist, mnist
+from .tensors import TensorDataset, to_float
+
+DATASETS: dict[str, Callable[..., TensorDataset]] = {"cifar10": cifar10, "fashion-mnist": fashion_mnist, "mnist": mnist}
+
+
+def register_dataset(name: str, loader: Callable[..., TensorDataset]) -> None:
+    """Add a named dataset: ``loader(split, root) -> TensorDataset``."""
+    DATASETS[name] = loader
+
+
+def load_dataset(name: str, split: str = "test", root: str | os.PathLike | None = None) -> TensorDataset:
+    """A registered dataset by name (``fashion-mnist``, ``mnist``, ``cifar10``), or an image folder path."""
+    if name in DATASETS:
+        return DATASETS[name](split, root)
+    if Path(name).is_dir():
+        from .folder import image_folder
+
+        return image_folder(name)
+    raise DataError(f"unknown dataset {name!r}: not one of {', '.join(sorted(DATASETS))} and not a directory")
+
+
+__all__ = ["DATASETS", "TensorDataset", "fashion_mnist", "load_dataset", "mnist", "register_dataset", "to_float"]

@@ -1,0 +1,41 @@
+"""An in-memory labelled image dataset: uint8 (or float) NCHW images, int64 labels, class names."""
+from __future__ import annotations
+
+import torch
+from torch.utils.data import Dataset
+
+
+class TensorDataset(Dataset):
+    """Items are ``(image float C×H×W in [0,1], label int)``. Images are stored compactly as uint8."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, classes: list[str] | None = None,
+                 name: str = "dataset") -> None:
+        if images.ndim != 4 or len(images) != len(labels):
+            raise ValueError("images must be N×C×H×W with one label each")
+        self.images = images
+        self.labels = labels.long()
+        self.classes = classes or [str(i) for i in range(int(labels.max()) + 1 if len(labels) else 0)]
+        self.name = name
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return to_float(self.images[i]), int(self.labels[i])
+
+    def subset(self, n: int | None, offset: int = 0) -> "TensorDataset":
+        """The ``n`` items starting at ``offset`` (all when ``n`` is None)."""
+        end = None if n is None else offset + n
+        return TensorDataset(self.images[offset:end], self.labels[offset:end], self.classes, self.name)
+
+    def batches(self, batch_size: int):
+        """Yield ``(x float B×C×H×W in [0,1], y int64 B)`` in order, without a DataLoader."""
+        for i in range(0, len(self), batch_size):
+            yield to_float(self.images[i : i + batch_size]), self.labels[i : i + batch_size]
+
+
+def to_float(x: torch.Tensor) -> torch.Tensor:
+    """uint8 → float32 in [0,1]; float passes through as float32."""
+    if x.dtype == torch.uint8:
+        return x.float().div_(255.0)
+    return x.float()

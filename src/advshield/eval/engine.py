@@ -1,0 +1,175 @@
+"""The evaluation engine: a grid of attack × source model × defense × target model on a stream of batches.
+
+For each batch it crafts every (attack, source) once, checks it against its threat model (budget, [0,1]
+range, finite), optionally caches it on disk, and classifies it with every defended target. It keeps only
+per-sample prediction flags, so memory does not grow with the images seen. Metrics are computed at the end.
+
+Settings, per row: ``white-box`` (source is the target, no defense), ``defense-unaware`` (source is the target,
+attacker ignores the defense) and ``transfer`` (source ≠ target: black-box transfer).
+"""
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import torch
+from torch import nn
+
+from ..attacks.base import Attack
+from ..attacks.threat import BudgetError
+from ..defenses.base import defend
+from ..utils import atomic_path, progress
+from .metrics import accuracy, attack_success_rate, fooling_rate, restoration_accuracy
+
+AttackFactory = Callable[[nn.Module], Attack]
+
+
+@dataclass
+class GridResults:
+    """Per-sample predictions of one grid run plus the derived metric rows."""
+
+    labels: torch.Tensor
+    base_pred: dict[str, torch.Tensor]  # target -> predictions on clean images, no defense
+    clean_pred: dict[tuple[str, str], torch.Tensor]  # (defense, target) -> clean predictions
+    adv_pred: dict[tuple[str, str, str, str], torch.Tensor]  # (attack, source, defense, target) -> predictions
+    attack_info: dict[str, dict[str, Any]]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def rows(self) -> list[dict[str, Any]]:
+        """One dict of metrics per (attack, source, defense, target)."""
+        y = self.labels
+        out = []
+        for (a, s, d, t), adv in self.adv_pred.items():
+            clean = self.clean_pred[(d, t)]
+            base_acc = accuracy(self.base_pred[t], y)
+            clean_acc, rob_acc = accuracy(clean, y), accuracy(adv, y)
+            setting = "transfer" if s != t else ("white-box" if d == "none" else "defense-unaware")
+            out.append({
+                "attack": a, "source": s, "defense": d, "target": t, "setting": setting,
+                "n": len(y), "clean_accuracy": clean_acc, "robust_accuracy": rob_acc,
+                "attack_success_rate": attack_success_rate(clean == y, adv == y),
+                "fooling_rate": fooling_rate(clean, adv),
+                "restoration_accuracy": restoration_accuracy(clean_acc, rob_acc, base_acc),
+                "undefended_clean_accuracy": base_acc,
+            })
+        return out
+
+    def worst_case(self) -> list[dict[str, Any]]:
+        """Per (defense, target): accuracy when a sample counts as correct only if it survives every attack
+        from every source (and is correct when clean)."""
+        y = self.labels
+        out = []
+        for (d, t), clean in self.clean_pred.items():
+            ok = clean == y
+            names = []
+            for (a, s, d2, t2), adv in self.adv_pred.items():
+                if (d2, t2) == (d, t):
+                    ok = ok & (adv == y)
+                    names.append(f"{a}@{s}")
+            out.append({"defense": d, "target": t, "clean_accuracy": accuracy(clean, y),
+                        "worst_case_accuracy": float(ok.float().mean()) if len(y) else float("nan"),
+                        "attacks": names})
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        return {"meta": self.meta, "attacks": self.attack_info, "rows": self.rows(), "worst_case": self.worst_case()}
+
+    def flags(self) -> dict[str, torch.Tensor]:
+        """Per-sample predictions, keyed for ``torch.save``/npz (labels, clean/…, adv/…)."""
+        f = {"labels": self.labels}
+        f.update({f"clean/{d}/{t}": p for (d, t), p in self.clean_pred.items()})
+        f.update({f"adv/{a}/{s}/{d}/{t}": p for (a, s, d, t), p in self.adv_pred.items()})
+        return f
+
+
+class Engine:
+    """``Engine(targets, attacks, defenses, sources=None).run(batches)``.
+
+    targets/sources: name → classifier ([0,1] images → logits). attacks: name → factory(model) → Attack.
+    defenses: name → ``nn.Module`` ([0,1] → [0,1]); ``"none"`` is the identity. Sources default to the targets.
+    ``cache_dir``: store each crafted batch there and reuse it on a re-run with the same settings."""
+
+    def __init__(self, targets: dict[str, nn.Module], attacks: dict[str, AttackFactory],
+                 defenses: dict[str, nn.Module] | None = None, sources: dict[str, nn.Module] | None = None,
+                 seed: int = 0, device: str | torch.device = "cpu", cache_dir: str | Path | None = None,
+                 log: Callable[[str], None] | None = None) -> None:
+        from ..defenses.base import Identity
+
+        self.targets = targets
+        self.sources = sources if sources is not None else targets
+        self.attacks = attacks
+        self.defenses = defenses if defenses is not None else {"none": Identity()}
+        self.seed = seed
+        self.device = torch.device(device)
+        self.cache_dir = Path(cache_dir) if cache_dir else None
+        self.log = log or (lambda s: None)
+        self._built: dict[tuple[str, str], Attack] = {}
+        self._defended = {(d, t): defend(m, dm).to(self.device).eval()
+                          for d, dm in self.defenses.items() for t, m in self.targets.items()}
+
+    def attack(self, a: str, s: str) -> Attack:
+        if (a, s) not in self._built:
+            self._built[(a, s)] = self.attacks[a](self.sources[s].to(self.device))
+        return self._built[(a, s)]
+
+    def _seed_for(self, a: str, s: str, start: int) -> int:
+        h = hashlib.sha256(f"{self.seed}/{a}/{s}/{start}".encode()).digest()
+        return int.from_bytes(h[:4], "little")
+
+    def _craft(self, a: str, s: str, x: torch.Tensor, y: torch.Tensor, start: int) -> torch.Tensor:
+        atk = self.attack(a, s)
+        atk.seed = self._seed_for(a, s, start)
+        cache = None
+        if self.cache_dir is not None:
+            key = hashlib.sha256(f"{a}|{atk!r}|{s}|{start}|{len(x)}|{float(x.sum()):.6f}|{self.seed}".encode())
+            cache = self.cache_dir / f"{a}-{s}-{start:07d}-{key.hexdigest()[:12]}.pt"
+            if cache.is_file():
+                x_adv = torch.load(cache, weights_only=True).to(self.device)
+                atk.threat.check(x_adv, x)
+                return x_adv
+        x_adv = atk(x, y)
+        try:
+            atk.threat.check(x_adv, x)
+        except BudgetError as e:
+            raise BudgetError(f"attack {a} on {s}: {e}") from None
+        if cache is not None:
+            with atomic_path(cache) as tmp:
+                torch.save(x_adv.cpu(), tmp)
+        return x_adv
+
+    @torch.no_grad()
+    def _predict(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        return model(x).argmax(1).cpu()
+
+    def run(self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], total: int | None = None) -> GridResults:
+        """``batches``: (x N×C×H×W in [0,1], y N int64). Labels drive untargeted attacks."""
+        t0 = time.time()
+        ys: list[torch.Tensor] = []
+        base: dict[str, list[torch.Tensor]] = {t: [] for t in self.targets}
+        clean: dict[tuple[str, str], list[torch.Tensor]] = {k: [] for k in self._defended}
+        adv: dict[tuple[str, str, str, str], list[torch.Tensor]] = {
+            (a, s, d, t): [] for a in self.attacks for s in self.sources for (d, t) in self._defended}
+        start = 0
+        for x, y in progress(batches, "eval", total=total):
+            x, y = x.to(self.device), y.to(self.device)
+            ys.append(y.cpu())
+            for t, m in self.targets.items():
+                base[t].append(self._predict(m.to(self.device).eval(), x))
+            for k, m in self._defended.items():
+                clean[k].append(self._predict(m, x))
+            for a in self.attacks:
+                for s in self.sources:
+                    x_adv = self._craft(a, s, x, y, start)
+                    for (d, t), m in self._defended.items():
+                        adv[(a, s, d, t)].append(self._predict(m, x_adv))
+            start += len(x)
+        cat = lambda v: torch.cat(v) if v else torch.empty(0, dtype=torch.long)  # noqa: E731
+        info = {a: {s: repr(self.attack(a, s)) for s in self.sources} for a in self.attacks}
+        res = GridResults(cat(ys), {k: cat(v) for k, v in base.items()}, {k: cat(v) for k, v in clean.items()},
+                          {k: cat(v) for k, v in adv.items()}, info,
+                          meta={"n": start, "seed": self.seed, "device": str(self.device),
+                                "elapsed_s": round(time.time() - t0, 2)})
+        return res

@@ -1,0 +1,72 @@
+"""Readable Markdown reports of grid results."""
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+from ..eval.engine import GridResults
+
+
+def _fmt(v: Any, pct: bool = False) -> str:
+    if isinstance(v, float):
+        if math.isnan(v):
+            return "–"
+        return f"{100 * v:.1f}%" if pct else f"{v:.3f}"
+    return str(v)
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A GitHub-flavoured Markdown table; first column left-aligned, the others right-aligned."""
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join([":---"] + ["---:"] * (len(headers) - 1)) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def grid_report(res: GridResults, title: str = "advshield evaluation", notes: Sequence[str] = ()) -> str:
+    """Clean accuracy, robust accuracy per attack × source × target for each defense, worst case, details."""
+    rows = res.rows()
+    worst = {(r["defense"], r["target"]): r for r in res.worst_case()}
+    targets = list(res.base_pred)
+    defenses = list(dict.fromkeys(d for d, _ in res.clean_pred))
+    pairs = list(dict.fromkeys((r["attack"], r["source"]) for r in rows))
+    n = res.meta.get("n", len(res.labels))
+    out = [f"# {title}", "",
+           f"{n} images, seed {res.meta.get('seed')}, device {res.meta.get('device')}, "
+           f"{res.meta.get('elapsed_s')} s.", ""]
+    out += [f"- {line}" for line in notes]
+    out += ["- **Robust accuracy**: top-1 of the (defended) target on the adversarial images.",
+            "- **ASR** (attack success rate): among the images the defended target classifies correctly when "
+            "clean, the fraction the attack makes wrong.",
+            "- **Fooling rate**: fraction of images whose prediction changes.",
+            "- **Restoration accuracy** (Borkar et al.): (defended clean + defended adversarial accuracy) / "
+            "(2 × undefended clean accuracy).",
+            "- Cells marked `*` are white-box (the source is the target); the others are black-box transfer.", ""]
+    out += ["## Clean accuracy", "",
+            markdown_table(["defense"] + targets,
+                           [[d] + [_fmt(worst[(d, t)]["clean_accuracy"]) for t in targets]
+                            for d in defenses]), ""]
+    index = {(r["attack"], r["source"], r["defense"], r["target"]): r for r in rows}
+    for d in defenses:
+        out += [f"## Robust accuracy (ASR) — defense `{d}`", ""]
+        table = []
+        for a, s in pairs:
+            cells = []
+            for t in targets:
+                r = index[(a, s, d, t)]
+                star = "*" if s == t else ""
+                cells.append(f"{_fmt(r['robust_accuracy'])}{star} ({_fmt(r['attack_success_rate'], pct=True)})")
+            table.append([f"{a} ← {s}"] + cells)
+        out += [markdown_table(["attack ← source"] + targets, table), ""]
+    out += ["## Worst case over all attacks and sources", "",
+            markdown_table(["defense"] + targets,
+                           [[d] + [_fmt(worst[(d, t)]["worst_case_accuracy"]) for t in targets]
+                            for d in defenses]), ""]
+    out += ["## All metrics", "",
+            markdown_table(["attack", "source", "defense", "target", "setting", "clean", "robust", "ASR",
+                            "fooling", "restoration"],
+                           [[r["attack"], r["source"], r["defense"], r["target"], r["setting"],
+                             _fmt(r["clean_accuracy"]), _fmt(r["robust_accuracy"]),
+                             _fmt(r["attack_success_rate"], True), _fmt(r["fooling_rate"], True),
+                             _fmt(r["restoration_accuracy"])] for r in rows]), ""]
+    out += ["## Attacks", ""] + [f"- `{a}`: {', '.join(sorted(set(v.values())))}" for a, v in res.attack_info.items()]
+    return "\n".join(out) + "\n"
