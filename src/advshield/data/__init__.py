@@ -7,10 +7,10 @@ from typing import Callable
 
 from ..errors import DataError
 from .cifar import cifar10
-from .mnist import fashion_mnist, mnist
+from .mnist import fashion_mnist, load_mnist
 from .tensors import TensorDataset, to_float
 
-DATASETS: dict[str, Callable[..., TensorDataset]] = {"cifar10": cifar10, "fashion-mnist": fashion_mnist, "mnist": mnist}
+DATASETS: dict[str, Callable[..., TensorDataset]] = {"cifar10": cifar10, "fashion-mnist": fashion_mnist, "mnist": load_mnist}
 
 
 def register_dataset(name: str, loader: Callable[..., TensorDataset]) -> None:
@@ -29,4 +29,4 @@ def load_dataset(name: str, split: str = "test", root: str | os.PathLike | None 
     raise DataError(f"unknown dataset {name!r}: not one of {', '.join(sorted(DATASETS))} and not a directory")
 
 
-__all__ = ["DATASETS", "TensorDataset", "fashion_mnist", "load_dataset", "mnist", "register_dataset", "to_float"]
+__all__ = ["DATASETS", "TensorDataset", "fashion_mnist", "load_dataset", "load_mnist", "cifar10", "register_dataset", "to_float"]

@@ -142,6 +142,6 @@ def fashion_mnist(split: str = "test", root: str | os.PathLike | None = None, do
     return load_idx_dataset(FASHION_MNIST, split, root, download_ok)
 
 
-def mnist(split: str = "test", root: str | os.PathLike | None = None, download_ok: bool = True) -> TensorDataset:
+def load_mnist(split: str = "test", root: str | os.PathLike | None = None, download_ok: bool = True) -> TensorDataset:
     """MNIST split (60k train / 10k test), uint8 N×1×28×28."""
     return load_idx_dataset(MNIST, split, root, download_ok)
