@@ -23,20 +23,22 @@ def test_sanitize() -> None:
     assert sanitize_name("T-shirt/top") == "T-shirt_top"
     assert sanitize_name("Ankle boot") == "Ankle boot"
     assert sanitize_name("..") == "_" and sanitize_name("con") == "con_"
-    assert class_dirs(["a/b", "a_b", "A_B"]) == ["a_b", "a_b_1", "A_B_2"]
+    assert class_dirs(["a/b", "a_b", "A_B"]) == ["0_a_b", "1_a_b", "2_A_B"]
+    assert class_dirs([str(i) for i in range(12)])[:2] == ["00_0", "01_1"]
 
 
 def test_round_trip(tmp_path: Path) -> None:
     classes = ["T-shirt/top", "Trouser", "Ankle boot"]
     ds = _dataset(classes=classes)
     assert export_png_tree(ds, tmp_path / "out") == 5
-    assert (tmp_path / "out" / "T-shirt_top" / "00001.png").is_file()
+    assert (tmp_path / "out" / "0_T-shirt_top" / "00001.png").is_file()
     folder = ImageFolder(tmp_path / "out")
     back = image_folder(tmp_path / "out")
     dirs = class_dirs(classes)
     for j, f in enumerate(folder.files):
         i = int(f.stem)
         assert folder.classes[folder.labels[j]] == dirs[int(ds.labels[i])]
+        assert folder.labels[j] == int(ds.labels[i])  # sorted directory names keep the label order
         assert torch.equal(back.images[j], ds.images[i])
     gray = _dataset(c=1, labels=[1, 0, 1], classes=["0", "1"])
     export_png_tree(gray, tmp_path / "gray")

@@ -1,8 +1,16 @@
 """Attacks. Importing this package registers every attack in :data:`advshield.registry.ATTACKS`."""
 from .base import Attack, GradientAttack, frozen_eval
+from .difgsm import DIFGSM, input_diversity
+from .ensemble import Ensemble
 from .fgsm import FGSM
+from .mifgsm import MIFGSM
+from .mixes import DIM, DIMTI, MIDIFGSM, MIDITIFGSM
 from .pgd import BIM, IFGSM, PGD, PGDL2
+from .rfgsm import RFGSM
+from .ssp import SSP
 from .threat import BudgetError, ThreatModel
+from .tifgsm import TIFGSM, ti_kernel
 
-__all__ = ["Attack", "BIM", "BudgetError", "FGSM", "GradientAttack", "IFGSM", "PGD", "PGDL2", "ThreatModel",
-           "frozen_eval"]
+__all__ = ["Attack", "BIM", "BudgetError", "DIFGSM", "DIM", "DIMTI", "Ensemble", "FGSM", "GradientAttack", "IFGSM",
+           "MIDIFGSM", "MIDITIFGSM", "MIFGSM", "PGD", "PGDL2", "RFGSM", "SSP", "TIFGSM", "ThreatModel", "frozen_eval",
+           "input_diversity", "ti_kernel"]

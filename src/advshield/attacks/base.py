@@ -1,6 +1,6 @@
 """The shared attack loop. Every gradient attack is a configuration of :class:`GradientAttack`'s hooks:
 
-    init → repeat steps × [input_transform → loss → gradient → grad_transform → step → project]
+    reset → init → repeat steps × [input_transform → outputs → loss → gradient → grad_transform → step → project]
 
 Images are float N×C×H×W in [0,1]; eps and step sizes are in [0,1] units. ``atk(x, y=None)`` uses the
 model's own predictions as labels when ``y`` is None (no label leaking). The model's train/eval mode and
@@ -132,6 +132,10 @@ class GradientAttack(Attack):
         """Applied to the image before the forward pass (DI resizes here)."""
         return x_adv
 
+    def outputs(self, x_in: torch.Tensor) -> torch.Tensor:
+        """What the loss sees: the model's logits (a feature attack returns a feature map here)."""
+        return self.model(x_in)
+
     def loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Summed over the batch; ascended. Targeted: minus the cross-entropy toward ``y``."""
         ce = F.cross_entropy(logits, y, reduction="sum")
@@ -148,21 +152,24 @@ class GradientAttack(Attack):
         return x_adv + self.alpha * grad / n
 
     def reset(self) -> None:
-        """Clear per-call state (momentum buffers...)."""
+        """Clear per-call state (momentum buffers...); called before and after every call."""
 
     # loop ----------------------------------------------------------------------------------------------
     def gradient(self, x_adv: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         x_adv = x_adv.detach().requires_grad_(True)
-        loss = self.loss(self.model(self.input_transform(x_adv)), y)
+        loss = self.loss(self.outputs(self.input_transform(x_adv)), y)
         (grad,) = torch.autograd.grad(loss, x_adv)
         return grad
 
     def perturb(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         self.reset()
-        x_adv = self.init(x)
-        for _ in range(self.steps):
-            grad = self.grad_transform(self.gradient(x_adv, y))
-            x_adv = self.threat.project(self.step(x_adv, grad).detach(), x)
+        try:
+            x_adv = self.init(x)
+            for _ in range(self.steps):
+                grad = self.grad_transform(self.gradient(x_adv, y))
+                x_adv = self.threat.project(self.step(x_adv, grad).detach(), x)
+        finally:
+            self.reset()
         return x_adv
 
     @classmethod

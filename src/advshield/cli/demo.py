@@ -11,7 +11,7 @@ from ..models import load_model
 from ..models.zoo import zoo_cards
 from ..registry import ATTACKS, DEFENSES
 from ..utils import pick_device
-from .common import apply_runtime, check_names, command_line
+from .common import apply_runtime, check_names, command_line, csv_list
 from .eval import add_grid_flags
 
 
@@ -20,6 +20,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        description="Every zoo classifier of Fashion-MNIST crafts every registered attack; every "
                        "defended zoo classifier is evaluated on them. Writes OUT/report.md and OUT/report.json.")
     p.add_argument("--out", default="demo-out", help="output directory (default demo-out)")
+    p.add_argument("--models", type=csv_list, default=None,
+                   help="zoo names to use (default: every Fashion-MNIST classifier in the zoo)")
     p.add_argument("--data-root", default=None, help="directory holding the Fashion-MNIST files")
     add_grid_flags(p, n_default=1000)
     p.set_defaults(run=run)
@@ -34,7 +36,8 @@ def run(args: argparse.Namespace) -> int:
     defenses = args.defenses or DEFENSES.names()
     check_names("attack", attacks, ATTACKS.names())
     check_names("defense", defenses, DEFENSES.names())
-    names = [c["name"] for c in zoo_cards() if c["kind"] == "classifier" and c["dataset"] == "fashion-mnist"]
+    names = args.models or [c["name"] for c in zoo_cards()
+                            if c["kind"] == "classifier" and c["dataset"] == "fashion-mnist"]
     if not names:
         raise AdvshieldError("the zoo holds no Fashion-MNIST classifier")
     models = {n: load_model(f"zoo:{n}") for n in names}

@@ -13,6 +13,16 @@ from .tensors import TensorDataset, to_float
 DATASETS: dict[str, Callable[..., TensorDataset]] = {"cifar10": cifar10, "fashion-mnist": fashion_mnist, "mnist": load_mnist}
 
 
+def _photos(split: str = "test", root: str | os.PathLike | None = None) -> TensorDataset:
+    """The natural photos bundled with scikit-image and scikit-learn, 128×128 RGB crops, unlabelled."""
+    from .photos import photo_pool_dataset
+
+    return photo_pool_dataset()
+
+
+DATASETS["photos"] = _photos
+
+
 def register_dataset(name: str, loader: Callable[..., TensorDataset]) -> None:
     """Add a named dataset: ``loader(split, root) -> TensorDataset``."""
     DATASETS[name] = loader

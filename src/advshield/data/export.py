@@ -25,17 +25,10 @@ def sanitize_name(name: str) -> str:
 
 
 def class_dirs(classes: list[str]) -> list[str]:
-    """Sanitised, unique (case-insensitively) directory names, one per class, in class order."""
-    out: list[str] = []
-    used: set[str] = set()
-    for k, name in enumerate(classes):
-        base = sanitize_name(name)
-        s, n = base, 1
-        while s.lower() in used:
-            s, n = f"{base}_{k}" if n == 1 else f"{base}_{k}_{n}", n + 1
-        used.add(s.lower())
-        out.append(s)
-    return out
+    """One directory name per class: ``<index>_<sanitised name>`` with the index zero-padded, so that sorting
+    the names (as :class:`~advshield.data.folder.ImageFolder` does) gives back the dataset's label order."""
+    width = len(str(max(len(classes) - 1, 0)))
+    return [f"{k:0{width}d}_{sanitize_name(name)}" for k, name in enumerate(classes)]
 
 
 def export_png_tree(dataset: TensorDataset, out_dir: str | os.PathLike, overwrite: bool = False) -> int:

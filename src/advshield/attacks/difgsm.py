@@ -1,0 +1,75 @@
+"""DI-FGSM (Xie et al. 2019): gradients taken through a random resize-and-pad of the image (input diversity)."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..registry import ATTACKS
+from .mifgsm import MIFGSM
+
+
+def _cpu_randint(low: int, high: int) -> int:
+    """A uniform int in [low, high) from torch's CPU generator (seeded by the attack; no device sync)."""
+    return int(torch.randint(low, high, (1,)))
+
+
+def input_diversity(x: torch.Tensor, resize_rate: float = 0.9, diversity_prob: float = 0.5,
+                    mode: str = "bilinear") -> torch.Tensor:
+    """With probability ``diversity_prob``: resize ``x`` (N×C×H×W) to a random size, then zero-pad it at a
+    random offset; otherwise return ``x`` unchanged. The whole batch shares one draw.
+
+    ``resize_rate < 1``: new side in [int(side·rate), side), padded back to ``side`` (output shape = input).
+    ``resize_rate > 1``: new side in [side, int(side·rate)), padded to int(side·rate) (output larger).
+    Offsets are drawn in [0, remainder) per axis, as torchattacks does. A square image uses one size for both
+    sides. Randomness comes from torch's CPU generator, so nothing is copied between host and device."""
+    if diversity_prob <= 0 or resize_rate == 1:
+        return x
+    if diversity_prob < 1 and float(torch.rand(())) >= diversity_prob:
+        return x
+    h, w = x.shape[-2:]
+
+    def bounds(side: int) -> tuple[int, int]:
+        scaled = int(side * resize_rate)
+        return (max(scaled, 1), side) if resize_rate < 1 else (side, scaled)
+
+    (lo_h, out_h), (lo_w, out_w) = bounds(h), bounds(w)
+    if lo_h >= out_h or lo_w >= out_w:  # image too small for any size change
+        return x
+    new_w = _cpu_randint(lo_w, out_w)
+    new_h = new_w if (lo_h, out_h) == (lo_w, out_w) else _cpu_randint(lo_h, out_h)
+    kw = {"align_corners": False} if mode in ("bilinear", "bicubic") else {}
+    resized = F.interpolate(x, size=(new_h, new_w), mode=mode, **kw)
+    top, left = _cpu_randint(0, out_h - new_h), _cpu_randint(0, out_w - new_w)
+    return F.pad(resized, (left, out_w - new_w - left, top, out_h - new_h - top), value=0.0)
+
+
+@ATTACKS.register("difgsm", "iterative FGSM through random resize+pad of the input (input diversity, Xie 2019)")
+class DIFGSM(MIFGSM):
+    """``DIFGSM(model, eps=8/255, alpha=2/255, steps=10, decay=0.0, resize_rate=0.9, diversity_prob=0.5,
+    random_start=False)``; images N×C×H×W in [0,1], eps/alpha in [0,1] units.
+
+    Each step's gradient is taken through :func:`input_diversity`; momentum as MI-FGSM when ``decay`` > 0;
+    ``random_start``: uniform in the L∞ ball. ``resize_mode`` is the interpolation (torchattacks 3.5 uses
+    bilinear; older releases nearest). With ``resize_rate > 1`` the model must accept the larger size."""
+
+    name = "difgsm"
+
+    def __init__(self, model: nn.Module, eps: float = 8 / 255, alpha: float = 2 / 255, steps: int = 10,
+                 decay: float = 0.0, resize_rate: float = 0.9, diversity_prob: float = 0.5,
+                 random_start: bool = False, seed: int | None = None, resize_mode: str = "bilinear") -> None:
+        super().__init__(model, eps=eps, alpha=alpha, steps=steps, decay=decay, seed=seed)
+        if not 0 <= diversity_prob <= 1:
+            raise ValueError(f"diversity_prob must be in [0, 1], got {diversity_prob}")
+        if resize_rate <= 0:
+            raise ValueError(f"resize_rate must be positive, got {resize_rate}")
+        self.random_start = random_start
+        self.resize_rate, self.diversity_prob, self.resize_mode = resize_rate, diversity_prob, resize_mode
+
+    def input_transform(self, x_adv: torch.Tensor) -> torch.Tensor:
+        return input_diversity(x_adv, self.resize_rate, self.diversity_prob, self.resize_mode)
+
+    @classmethod
+    def for_budget(cls, model: nn.Module, eps: float, **kw) -> "DIFGSM":
+        """NRP supplement F: 10 steps of eps/10, diversity probability 0.7 (decay: the class default)."""
+        return cls(model, eps=eps, **{"alpha": eps / 10, "steps": 10, "diversity_prob": 0.7, **kw})

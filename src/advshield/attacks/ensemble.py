@@ -1,0 +1,43 @@
+"""A weighted logit ensemble, usable as the model of any attack (ensemble transfer attacks)."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+
+class Ensemble(nn.Module):
+    """``Ensemble([m1, m2, ...], weights=None)``: images N×C×H×W → Σ wᵢ·mᵢ(x), logits N×K.
+
+    Every member must return logits of the same shape. ``weights`` (non-negative, not all zero) are normalised
+    to sum to 1; default equal weights. Members are submodules, so ``.to()``, ``.eval()`` and the attacks'
+    state restore reach them."""
+
+    def __init__(self, models: Sequence[nn.Module], weights: Sequence[float] | None = None) -> None:
+        super().__init__()
+        models = list(models)
+        if not models:
+            raise ValueError("Ensemble needs at least one model")
+        if weights is None:
+            weights = [1.0] * len(models)
+        weights = [float(w) for w in weights]
+        if len(weights) != len(models):
+            raise ValueError(f"{len(weights)} weights for {len(models)} models")
+        if any(w < 0 or w != w for w in weights) or sum(weights) <= 0:
+            raise ValueError(f"weights must be non-negative and not all zero, got {weights}")
+        total = sum(weights)
+        self.members = nn.ModuleList(models)
+        self.weights = tuple(w / total for w in weights)  # Python floats: no device copies in forward
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = None
+        for w, m in zip(self.weights, self.members):
+            if w == 0:
+                continue
+            term = m(x) * w
+            out = term if out is None else out + term
+        return out
+
+    def extra_repr(self) -> str:
+        return "weights=(" + ", ".join(f"{w:.3g}" for w in self.weights) + ")"

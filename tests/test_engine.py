@@ -1,0 +1,126 @@
+"""The engine's metrics on a toy problem whose answers are worked out by hand."""
+import pytest
+import torch
+from torch import nn
+
+from advshield.attacks import Attack, BudgetError, ThreatModel
+from advshield.defenses import Defense, Identity
+from advshield.eval.engine import Engine
+from advshield.eval.metrics import restoration_accuracy
+from advshield.report.tables import grid_report
+
+X = torch.tensor([0.1, 0.4, 0.6, 0.9, 0.35]).view(5, 1, 1, 1)
+Y = torch.tensor([0, 0, 1, 1, 1])
+
+
+class Threshold(nn.Module):
+    """Predicts class 1 when the single pixel exceeds 0.5."""
+
+    def forward(self, x):
+        v = x.flatten(1).mean(1, keepdim=True)
+        return torch.cat([0.5 - v, v - 0.5], 1)
+
+
+class Shift(Attack):
+    calls = 0
+
+    def __init__(self, model, d, eps=0.2, clamp=True):
+        super().__init__(model, ThreatModel("linf", eps))
+        self.d, self.clamp = d, clamp
+
+    def perturb(self, x, y):
+        Shift.calls += 1
+        out = x + self.d
+        return out.clamp(0, 1) if self.clamp else out
+
+
+class Darken(Defense):
+    def forward(self, x):
+        return (x - 0.1).clamp(0, 1)
+
+
+def batches(bs):
+    return [(X[i:i + bs], Y[i:i + bs]) for i in range(0, len(X), bs)]
+
+
+def make_engine(**kw):
+    return Engine(targets={"toy": Threshold()},
+                  attacks={"up": lambda m: Shift(m, 0.2), "down": lambda m: Shift(m, -0.2)},
+                  defenses={"none": Identity(), "darken": Darken()}, **kw)
+
+
+@pytest.mark.parametrize("bs", [1, 2, 5])
+def test_metrics_match_hand_computed_values(bs):
+    res = make_engine().run(batches(bs))
+    rows = {(r["attack"], r["defense"]): r for r in res.rows()}
+    up = rows[("up", "none")]
+    assert up["setting"] == "white-box" and up["n"] == 5
+    assert up["clean_accuracy"] == pytest.approx(0.8)
+    assert up["robust_accuracy"] == pytest.approx(0.8)
+    assert up["attack_success_rate"] == pytest.approx(0.25)  # 1 of the 4 clean-correct samples flipped
+    assert up["fooling_rate"] == pytest.approx(0.4)  # samples 1 and 4 change prediction
+    assert up["restoration_accuracy"] == pytest.approx(1.0)
+    dark = rows[("up", "darken")]
+    assert dark["setting"] == "defense-unaware"
+    assert dark["clean_accuracy"] == pytest.approx(0.6) and dark["robust_accuracy"] == pytest.approx(0.8)
+    assert dark["restoration_accuracy"] == pytest.approx((0.6 + 0.8) / (2 * 0.8))
+    worst = {r["defense"]: r for r in res.worst_case()}
+    assert worst["none"]["worst_case_accuracy"] == pytest.approx(0.4)
+    assert sorted(worst["none"]["attacks"]) == ["down@toy", "up@toy"]
+    assert torch.equal(res.labels, Y)
+
+
+def test_transfer_rows_are_labelled():
+    eng = Engine(targets={"a": Threshold(), "b": Threshold()}, attacks={"up": lambda m: Shift(m, 0.2)})
+    settings = {(r["source"], r["target"]): r["setting"] for r in eng.run(batches(5)).rows()}
+    assert settings == {("a", "a"): "white-box", ("a", "b"): "transfer", ("b", "a"): "transfer",
+                        ("b", "b"): "white-box"}
+
+
+def test_each_attack_is_crafted_once_per_source_and_batch_then_cached(tmp_path):
+    Shift.calls = 0
+    eng = Engine(targets={"a": Threshold(), "b": Threshold()}, attacks={"up": lambda m: Shift(m, 0.2)},
+                 defenses={"none": Identity(), "darken": Darken()}, cache_dir=tmp_path)
+    eng.run(batches(2))
+    assert Shift.calls == 2 * 3  # 2 sources × 3 batches, shared by 2 targets × 2 defenses
+    make = lambda: Engine(targets={"a": Threshold(), "b": Threshold()}, attacks={"up": lambda m: Shift(m, 0.2)},  # noqa: E731
+                          defenses={"none": Identity(), "darken": Darken()}, cache_dir=tmp_path)
+    res = make().run(batches(2))
+    assert Shift.calls == 6  # everything came from the cache
+    assert res.rows()[0]["robust_accuracy"] == pytest.approx(0.8)
+
+
+@pytest.mark.parametrize("attack,msg", [
+    (lambda m: Shift(m, 0.3, eps=0.2), "exceeds eps"),
+    (lambda m: Shift(m, 0.2, clamp=False), "leaves"),
+    (lambda m: Shift(m, float("nan")), "NaN"),
+])
+def test_budget_range_and_nan_are_checked_after_every_attack(attack, msg):
+    eng = Engine(targets={"toy": Threshold()}, attacks={"bad": attack})
+    with pytest.raises(BudgetError, match=msg):
+        eng.run(batches(5))
+
+
+def test_l2_threat_model_projection_and_check():
+    tm = ThreatModel("l2", eps=1.0)
+    x = torch.zeros(2, 1, 2, 2)
+    far = torch.full_like(x, 1.0)  # L2 distance 2
+    proj = tm.project(far, x)
+    assert torch.allclose(tm.distance(proj, x), torch.ones(2))
+    tm.check(proj, x)
+    with pytest.raises(BudgetError):
+        tm.check(far, x)
+
+
+def test_restoration_accuracy_definition():
+    assert restoration_accuracy(0.9, 0.8, 0.85) == pytest.approx(1.7 / 1.7)
+    assert restoration_accuracy(0.5, 0.5, 1.0) == pytest.approx(0.5)
+
+
+def test_report_holds_tables_and_definitions():
+    res = make_engine().run(batches(5))
+    md = grid_report(res, "toy")
+    assert "## Clean accuracy" in md and "ASR" in md and "Restoration accuracy" in md
+    assert "| up ← toy | 0.800* (25.0%) |" in md
+    js = res.to_json()
+    assert len(js["rows"]) == 4 and {"meta", "attacks", "worst_case"} <= set(js)
