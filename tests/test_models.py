@@ -12,9 +12,13 @@ from advshield.registry import MODELS
 from conftest import TINY
 
 
-@pytest.mark.parametrize("name", ["vgg", "resnet", "lenet"])
+@pytest.mark.parametrize("name", MODELS.names())
 @pytest.mark.parametrize("channels,size", [(1, 28), (3, 32)])
-def test_classifier_families_shapes(name, channels, size):
+def test_registered_architectures_shapes(name, channels, size):
+    if name.endswith("-features"):  # feature extractors: RGB in, feature map out
+        out = MODELS.get(name)()(torch.rand(1, 3, size, size))
+        assert out.ndim == 4 and out.shape[0] == 1
+        return
     args = {"in_channels": channels}
     if name == "lenet":
         args["image_size"] = size

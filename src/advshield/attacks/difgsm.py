@@ -21,11 +21,10 @@ def input_diversity(x: torch.Tensor, resize_rate: float = 0.9, diversity_prob: f
 
     ``resize_rate < 1``: new side in [int(side·rate), side), padded back to ``side`` (output shape = input).
     ``resize_rate > 1``: new side in [side, int(side·rate)), padded to int(side·rate) (output larger).
-    Offsets are drawn in [0, remainder) per axis, as torchattacks does. A square image uses one size for both
-    sides. Randomness comes from torch's CPU generator, so nothing is copied between host and device."""
+    Offsets are drawn in [0, remainder) per axis. A square image uses one size for both sides. Random numbers
+    come from torch's CPU generator (no host-device copies) in torchattacks' order: size, top, left, then the
+    apply-or-not draw, so a seeded run consumes the generator as torchattacks' DI does."""
     if diversity_prob <= 0 or resize_rate == 1:
-        return x
-    if diversity_prob < 1 and float(torch.rand(())) >= diversity_prob:
         return x
     h, w = x.shape[-2:]
 
@@ -38,9 +37,11 @@ def input_diversity(x: torch.Tensor, resize_rate: float = 0.9, diversity_prob: f
         return x
     new_w = _cpu_randint(lo_w, out_w)
     new_h = new_w if (lo_h, out_h) == (lo_w, out_w) else _cpu_randint(lo_h, out_h)
+    top, left = _cpu_randint(0, out_h - new_h), _cpu_randint(0, out_w - new_w)
+    if float(torch.rand(1)) >= diversity_prob:
+        return x
     kw = {"align_corners": False} if mode in ("bilinear", "bicubic") else {}
     resized = F.interpolate(x, size=(new_h, new_w), mode=mode, **kw)
-    top, left = _cpu_randint(0, out_h - new_h), _cpu_randint(0, out_w - new_w)
     return F.pad(resized, (left, out_w - new_w - left, top, out_h - new_h - top), value=0.0)
 
 
