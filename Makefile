@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip setuptools wheel
 	$(PY) -m pip install -q "$(TORCH)"
-	$(PY) -m pip install -q -e ".[photos,test]"
+	$(PY) -m pip install -q -e ".[photos,transforms,test]"
 	touch $(STAMP)
 
 # Fashion-MNIST from Debian's package when apt is there; otherwise advshield downloads it (SHA-256 checked).

@@ -127,3 +127,22 @@ def test_console_entry_point_runs_as_module():
     assert r.returncode == 2
     r = run_cli("eval", "--models", "zoo:definitely-missing", "--out", "/tmp/advshield-never")
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
+
+
+def test_list_enumerates_every_registry(capsys):
+    from advshield.registry import ATTACKS, DEFENSES, MODELS
+
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    for reg in (ATTACKS, DEFENSES, MODELS):
+        assert all(f"  {n} " in out for n in reg.names())
+
+
+def test_components_doc_is_in_sync(capsys):
+    from pathlib import Path
+
+    from advshield.cli.listing import REGISTRIES, render
+
+    doc = Path(__file__).resolve().parent.parent / "docs" / "COMPONENTS.md"
+    assert doc.read_text() == render(list(REGISTRIES), markdown=True), \
+        "regenerate with: advshield list --markdown > docs/COMPONENTS.md"

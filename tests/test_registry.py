@@ -39,3 +39,14 @@ def test_builtin_registries_are_populated():
     assert {"fgsm", "bim", "pgd", "pgdl2"} <= set(ATTACKS.names())
     assert "none" in DEFENSES
     assert {"vgg", "resnet", "lenet", "vgg16-features"} <= set(MODELS.names())
+
+
+def test_aliases_resolve_but_are_not_listed():
+    r = Registry("thing")
+    r.add("bim", 1, "iterative")
+    r.alias("I-FGSM", "bim")
+    assert r.get("i-fgsm") == 1 and "I-FGSM" in r and r.names() == ["bim"] and r.help("i-fgsm") == "iterative"
+    with pytest.raises(ValueError):
+        r.alias("bim", "bim")
+    with pytest.raises(AdvshieldError):
+        r.alias("x", "missing")

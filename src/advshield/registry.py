@@ -16,6 +16,7 @@ class Registry(Generic[T]):
         self.kind = kind
         self._items: dict[str, T] = {}
         self._help: dict[str, str] = {}
+        self._aliases: dict[str, str] = {}
 
     def register(self, name: str, help: str = "") -> Callable[[T], T]:
         """Decorator: ``@ATTACKS.register("fgsm", "one signed-gradient step")``."""
@@ -34,21 +35,30 @@ class Registry(Generic[T]):
         doc = (getattr(obj, "__doc__", None) or "").strip().splitlines()
         self._help[key] = help or (doc[0] if doc else "")
 
+    def alias(self, alias: str, name: str) -> None:
+        """Let ``alias`` (e.g. a paper's name) resolve to the registered ``name``; aliases are not listed."""
+        key = alias.lower()
+        if key in self._items or key in self._aliases:
+            raise ValueError(f"{self.kind} {key!r} is already registered")
+        self.get(name)
+        self._aliases[key] = name.lower()
+
     def get(self, name: str) -> T:
-        key = name.lower()
+        key = self._aliases.get(name.lower(), name.lower())
         if key not in self._items:
             known = ", ".join(sorted(self._items)) or "none"
             raise AdvshieldError(f"unknown {self.kind} {name!r} (known: {known})")
         return self._items[key]
 
     def help(self, name: str) -> str:
-        return self._help[name.lower()]
+        key = name.lower()
+        return self._help[self._aliases.get(key, key)]
 
     def names(self) -> list[str]:
         return sorted(self._items)
 
     def __contains__(self, name: object) -> bool:
-        return isinstance(name, str) and name.lower() in self._items
+        return isinstance(name, str) and (name.lower() in self._items or name.lower() in self._aliases)
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())

@@ -156,9 +156,10 @@ class GradientAttack(Attack):
 
     # loop ----------------------------------------------------------------------------------------------
     def gradient(self, x_adv: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        x_adv = x_adv.detach().requires_grad_(True)
-        loss = self.loss(self.outputs(self.input_transform(x_adv)), y)
-        (grad,) = torch.autograd.grad(loss, x_adv)
+        with torch.enable_grad():  # also inside a caller's torch.no_grad()
+            x_adv = x_adv.detach().requires_grad_(True)
+            loss = self.loss(self.outputs(self.input_transform(x_adv)), y)
+            (grad,) = torch.autograd.grad(loss, x_adv)
         return grad
 
     def perturb(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

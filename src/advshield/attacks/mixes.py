@@ -43,3 +43,7 @@ class MIDITIFGSM(TIFGSM):
 
 
 DIM, DIMTI = MIDIFGSM, MIDITIFGSM
+
+# The NRP paper's names; aliases resolve but are not listed (so "all attacks" runs each mix once).
+ATTACKS.alias("dim", "mi-di")
+ATTACKS.alias("dim-ti", "mi-di-ti")

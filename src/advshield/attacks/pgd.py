@@ -19,6 +19,8 @@ class BIM(GradientAttack):
 
 
 IFGSM = BIM
+ATTACKS.alias("ifgsm", "bim")
+ATTACKS.alias("i-fgsm", "bim")
 
 
 @ATTACKS.register("pgd", "projected gradient descent, L∞, optional uniform random start (Madry et al. 2018)")

@@ -27,5 +27,5 @@ def run_list(args: argparse.Namespace) -> int:
         m = c.get("metrics", {})
         main = ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in m.items())
         rows.append([f"zoo:{c['name']}", c["kind"], c["dataset"], c["architecture"], main])
-    print(markdown_table(["name", "kind", "dataset", "architecture", "metrics"], rows))
+    print(markdown_table(["name", "kind", "dataset", "architecture", "metrics"], rows, numeric=False))
     return 0

@@ -1,4 +1,8 @@
 """Defenses. Importing this package registers every defense in :data:`advshield.registry.DEFENSES`."""
 from .base import Defended, Defense, Identity, defend
+from .jpeg import JPEG
+from .transforms import BitDepth, GaussianBlur, Median, RandomResizePad
+from .tvm import TVM
 
-__all__ = ["Defended", "Defense", "Identity", "defend"]
+__all__ = ["Defended", "Defense", "Identity", "defend",
+           "BitDepth", "GaussianBlur", "JPEG", "Median", "RandomResizePad", "TVM"]

@@ -20,7 +20,6 @@ from torch import nn
 
 from ..attacks.base import Attack
 from ..attacks.threat import BudgetError
-from ..defenses.base import defend
 from ..utils import atomic_path, progress
 from .metrics import accuracy, attack_success_rate, fooling_rate, restoration_accuracy
 
@@ -107,8 +106,8 @@ class Engine:
         self.cache_dir = Path(cache_dir) if cache_dir else None
         self.log = log or (lambda s: None)
         self._built: dict[tuple[str, str], Attack] = {}
-        self._defended = {(d, t): defend(m, dm).to(self.device).eval()
-                          for d, dm in self.defenses.items() for t, m in self.targets.items()}
+        for m in [*self.targets.values(), *self.defenses.values()]:
+            m.to(self.device).eval()
 
     def attack(self, a: str, s: str) -> Attack:
         if (a, s) not in self._built:
@@ -141,30 +140,37 @@ class Engine:
         return x_adv
 
     @torch.no_grad()
-    def _predict(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        return model(x).argmax(1).cpu()
+    def _classify(self, x: torch.Tensor) -> dict[tuple[str, str], torch.Tensor]:
+        """Predictions of every target behind every defense; each defense runs once per batch."""
+        out = {}
+        for d, defense in self.defenses.items():
+            xd = defense(x)
+            for t, m in self.targets.items():
+                out[(d, t)] = m(xd).argmax(1).cpu()
+        return out
 
     def run(self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], total: int | None = None) -> GridResults:
         """``batches``: (x N×C×H×W in [0,1], y N int64). Labels drive untargeted attacks."""
         t0 = time.time()
         ys: list[torch.Tensor] = []
         base: dict[str, list[torch.Tensor]] = {t: [] for t in self.targets}
-        clean: dict[tuple[str, str], list[torch.Tensor]] = {k: [] for k in self._defended}
+        pairs = [(d, t) for d in self.defenses for t in self.targets]
+        clean: dict[tuple[str, str], list[torch.Tensor]] = {k: [] for k in pairs}
         adv: dict[tuple[str, str, str, str], list[torch.Tensor]] = {
-            (a, s, d, t): [] for a in self.attacks for s in self.sources for (d, t) in self._defended}
+            (a, s, d, t): [] for a in self.attacks for s in self.sources for (d, t) in pairs}
         start = 0
         for x, y in progress(batches, "eval", total=total):
             x, y = x.to(self.device), y.to(self.device)
             ys.append(y.cpu())
-            for t, m in self.targets.items():
-                base[t].append(self._predict(m.to(self.device).eval(), x))
-            for k, m in self._defended.items():
-                clean[k].append(self._predict(m, x))
+            with torch.no_grad():
+                for t, m in self.targets.items():
+                    base[t].append(m(x).argmax(1).cpu())
+            for k, p in self._classify(x).items():
+                clean[k].append(p)
             for a in self.attacks:
                 for s in self.sources:
-                    x_adv = self._craft(a, s, x, y, start)
-                    for (d, t), m in self._defended.items():
-                        adv[(a, s, d, t)].append(self._predict(m, x_adv))
+                    for (d, t), p in self._classify(self._craft(a, s, x, y, start)).items():
+                        adv[(a, s, d, t)].append(p)
             start += len(x)
         cat = lambda v: torch.cat(v) if v else torch.empty(0, dtype=torch.long)  # noqa: E731
         info = {a: {s: repr(self.attack(a, s)) for s in self.sources} for a in self.attacks}

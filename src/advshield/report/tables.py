@@ -15,9 +15,10 @@ def _fmt(v: Any, pct: bool = False) -> str:
     return str(v)
 
 
-def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    """A GitHub-flavoured Markdown table; first column left-aligned, the others right-aligned."""
-    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join([":---"] + ["---:"] * (len(headers) - 1)) + "|"]
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], numeric: bool = True) -> str:
+    """A GitHub-flavoured Markdown table; first column left-aligned, the others right-aligned when ``numeric``."""
+    rest = "---:" if numeric else ":---"
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join([":---"] + [rest] * (len(headers) - 1)) + "|"]
     lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
     return "\n".join(lines)
 
