@@ -102,7 +102,9 @@ def test_demo_writes_report(tiny_zoo, tmp_path, fake_fmnist, capsys):
     printed = capsys.readouterr().out
     assert "## Robust accuracy" in printed and "wrote" in printed
     report = json.loads((out / "report.json").read_text())
-    assert report["meta"]["n"] == 20 and len(report["rows"]) == 2 * 3 * 3
+    from advshield.registry import DEFENSES
+
+    assert report["meta"]["n"] == 20 and len(report["rows"]) == 2 * 3 * len(DEFENSES) * 3
     assert (out / "report.md").read_text().startswith("# advshield demo")
     assert sorted(p.name for p in out.iterdir()) == ["flags.safetensors", "report.json", "report.md"]
 

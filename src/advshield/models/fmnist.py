@@ -29,8 +29,6 @@ def _norm(in_channels: int, mean: Sequence[float] | None, std: Sequence[float] |
 class VGGNet(nn.Module):
     """Blocks of ``convs_per_block`` 3×3 conv-BN-ReLU then 2×2 max-pool; global average pool; linear head."""
 
-    default_feature_layer = "features.relu3_2"
-
     def __init__(self, in_channels: int = 1, num_classes: int = 10, widths: Sequence[int] = (32, 64, 128),
                  convs_per_block: int = 2, dropout: float = 0.3, mean: Sequence[float] | None = FMNIST_MEAN,
                  std: Sequence[float] | None = FMNIST_STD) -> None:
@@ -46,6 +44,8 @@ class VGGNet(nn.Module):
                 c = w
             layers[f"pool{b}"] = nn.MaxPool2d(2, ceil_mode=True)
         self.features = nn.Sequential(layers)
+        # the conv3_3-equivalent of VGG16 for SSP: the last ReLU of the third block (or of the last block)
+        self.default_feature_layer = f"features.relu{min(3, len(widths))}_{convs_per_block}"
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Sequential(nn.Flatten(), nn.Dropout(dropout), nn.Linear(c, num_classes))
 
