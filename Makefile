@@ -15,9 +15,10 @@ install: $(STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip setuptools wheel
 	$(PY) -m pip install -q "$(TORCH)"
 	$(PY) -m pip install -q -e ".[photos,transforms,test]"
+	# test-only peer library; --no-deps because it declares torchvision, whose wheels need the CUDA build of torch
+	$(PY) -m pip install -q --no-deps "torchattacks==3.5.1"
 	touch $(STAMP)
 
 # Fashion-MNIST from Debian's package when apt is there; otherwise advshield downloads it (SHA-256 checked).
