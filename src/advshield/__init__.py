@@ -8,10 +8,10 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 from . import attacks, defenses  # noqa: F401  (registers attacks and defenses)
-from .defenses import defend
+from .defenses.purifier import defend, load_purifier
 from .errors import AdvshieldError, DataError, ModelError
 from .models import load_model
-from .registry import ATTACKS, DEFENSES, MODELS
+from .registry import ATTACKS, DEFENSES, MODELS, PURIFIERS
 
-__all__ = ["ATTACKS", "DEFENSES", "MODELS", "AdvshieldError", "DataError", "ModelError", "__version__", "defend",
-           "load_model"]
+__all__ = ["ATTACKS", "DEFENSES", "MODELS", "PURIFIERS", "AdvshieldError", "DataError", "ModelError", "__version__",
+           "defend", "load_model", "load_purifier"]

@@ -70,3 +70,4 @@ class Registry(Generic[T]):
 ATTACKS: Registry = Registry("attack")
 DEFENSES: Registry = Registry("defense")
 MODELS: Registry = Registry("model architecture")
+PURIFIERS: Registry = Registry("purifier architecture")

@@ -9,10 +9,11 @@ from ..errors import AdvshieldError
 from ..models.recipes import CLASSIFIER_RECIPES
 from ..registry import MODELS
 from .common import add_runtime_flags, apply_runtime, command_line, positive_int
+from .train_purifier import add_purifier_parser
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train", help="train a classifier (or, later, purifiers)")
+    p = sub.add_parser("train", help="train a classifier or a purifier")
     tsub = p.add_subparsers(dest="train_command", metavar="WHAT", required=True)
     c = tsub.add_parser("classifier", help="train a classifier and write it to the zoo folder",
                         description="Train with SGD (Nesterov, one-cycle LR), random shift+flip augmentation; "
@@ -31,6 +32,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--overwrite", action="store_true", help="replace an existing NAME.safetensors in --out-dir")
     add_runtime_flags(c)
     c.set_defaults(run=run_classifier)
+    add_purifier_parser(tsub)
 
 
 def run_classifier(args: argparse.Namespace) -> int:

@@ -6,7 +6,7 @@ from pathlib import Path
 from torch import nn
 
 from ..errors import ModelError
-from .checkpoint import load_checkpoint, read_card, save_checkpoint
+from .checkpoint import card_path, load_checkpoint, read_card, save_checkpoint
 from .fmnist import LeNet, ResNet, VGGNet
 from .layers import Normalize
 from .vgg16 import IMAGENET_MEAN, IMAGENET_STD, VGG16Features, vgg16_features
@@ -37,10 +37,11 @@ def load_model(spec: str, kinds: tuple[str, ...] = CLASSIFIER_KINDS) -> nn.Modul
 
 
 def _load_card_checked(path: Path, kinds: tuple[str, ...]) -> nn.Module:
-    model, card = load_checkpoint(path)
-    if card["kind"] not in kinds:
-        raise ModelError(f"{card['name']!r} is a {card['kind']}, not a {' or '.join(kinds)}")
-    return model
+    if path.is_file():
+        card = read_card(card_path(path))
+        if card["kind"] not in kinds:
+            raise ModelError(f"{card['name']!r} is a {card['kind']}, not a {' or '.join(kinds)}")
+    return load_checkpoint(path)[0]
 
 
 def _load_torchscript(path: Path) -> nn.Module:

@@ -1,0 +1,90 @@
+"""``advshield train purifier ...``: NRP self-supervised adversarial training (Algorithm 2), resumable."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..errors import AdvshieldError
+from .common import add_runtime_flags, apply_runtime, command_line, pixels, positive_int
+
+
+def _non_negative_int(value: str) -> int:
+    try:
+        v = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not an integer") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError("must be a non-negative integer")
+    return v
+
+
+def add_purifier_parser(tsub: argparse._SubParsersAction) -> None:
+    from ..defenses.nrp import NRP_CONFIGS
+
+    p = tsub.add_parser(
+        "purifier", help="train an NRP purifier (self-supervised, on SSP adversaries) and write it to the zoo",
+        description="Each step: clean crops x, adversaries x' against a frozen feature model (SSP by default), "
+        "purifier P trained on 5e-3*RaGAN + 1e-2*pixel MSE + 1*feature MAE, critic trained to tell x from P(x'). "
+        "Checkpoints every --save-every steps under OUT/.train/NAME and resumes from there. "
+        "eps and SSP step are in 0-255 units.")
+    p.add_argument("--name", help="name of the zoo entry (required)")
+    p.add_argument("--arch", default="nrp-small", help=f"purifier config: {', '.join(sorted(NRP_CONFIGS))} "
+                   "(default nrp-small)")
+    p.add_argument("--data", default="fashion-mnist",
+                   help="fashion-mnist, mnist, cifar10 (train split, labels unused), photos, or an image folder")
+    p.add_argument("--data-root", default=None, help="directory holding the dataset files")
+    p.add_argument("--feature-model", default="zoo:fmnist-vgg",
+                   help="frozen feature extractor: zoo:NAME or a .safetensors classifier, or vgg16-features:WEIGHTS "
+                   "(torchvision VGG16 state dict; bare vgg16-features = random weights, for timing only)")
+    p.add_argument("--layer", default=None, help="feature layer (default: the classifier's default feature layer, "
+                   "or conv3_3 for vgg16-features)")
+    p.add_argument("--steps", type=positive_int, default=2000, help="training steps (default 2000)")
+    p.add_argument("--batch-size", type=positive_int, default=16, help="default 16")
+    p.add_argument("--crop", type=positive_int, default=28, help="crop size in pixels (default 28)")
+    p.add_argument("--eps", type=pixels, default=16 / 255, help="L∞ budget of the adversaries, 0-255 (default 16)")
+    p.add_argument("--ssp-steps", type=positive_int, default=10, help="SSP iterations per batch (default 10)")
+    p.add_argument("--ssp-alpha", type=pixels, default=2 / 255, help="SSP step, 0-255 (default 2)")
+    p.add_argument("--adversary", default="ssp", help="ssp (default), gaussian (GNP ablation), fgsm (FGSP ablation)")
+    p.add_argument("--no-feat", action="store_true", help="ablation: drop the feature loss")
+    p.add_argument("--no-pixel", action="store_true", help="ablation: drop the pixel loss")
+    p.add_argument("--vanilla-gan", action="store_true", help="ablation: vanilla instead of relativistic GAN loss")
+    p.add_argument("--critic-width", type=positive_int, default=32, help="critic base width (default 32)")
+    p.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate of both nets (default 1e-4)")
+    p.add_argument("--out-dir", default="zoo", help="where NAME.safetensors and NAME.json go (default zoo)")
+    p.add_argument("--save-every", type=positive_int, default=200, help="checkpoint interval in steps (default 200)")
+    p.add_argument("--log-every", type=positive_int, default=10, help="CSV/log interval in steps (default 10)")
+    p.add_argument("--eval-images", type=_non_negative_int, default=256,
+                   help="images for the final PSNR metrics (default 256; 0 skips)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--resume", dest="fresh", action="store_false", help="continue a saved run (default)")
+    g.add_argument("--fresh", dest="fresh", action="store_true", help="ignore a saved training state, start over")
+    p.set_defaults(fresh=False)
+    p.add_argument("--overwrite", action="store_true", help="replace an existing NAME.safetensors in --out-dir")
+    p.add_argument("--amp", action="store_true", help="bfloat16 autocast on CUDA (no effect on CPU)")
+    p.add_argument("--workers", type=_non_negative_int, default=0, help="DataLoader worker processes (default 0)")
+    add_runtime_flags(p)
+    p.set_defaults(run=run_purifier)
+
+
+def run_purifier(args: argparse.Namespace) -> int:
+    from ..train.purifier import PurifierConfig, check_config, train_purifier
+
+    apply_runtime(args)
+    if not args.name:
+        raise AdvshieldError("give --name for the purifier's zoo entry")
+    cfg = PurifierConfig(
+        name=args.name, arch=args.arch, data=args.data, feature_model=args.feature_model, layer=args.layer,
+        steps=args.steps, batch_size=args.batch_size, crop=args.crop, eps=args.eps, ssp_steps=args.ssp_steps,
+        ssp_alpha=args.ssp_alpha, adversary=args.adversary, no_feat=args.no_feat, no_pixel=args.no_pixel,
+        vanilla_gan=args.vanilla_gan, critic_width=args.critic_width, lr=args.lr, save_every=args.save_every,
+        log_every=args.log_every, eval_images=args.eval_images, seed=args.seed, device=args.device, amp=args.amp,
+        workers=args.workers, data_root=args.data_root, threads=args.threads)
+    check_config(cfg)
+    out = Path(args.out_dir) / f"{args.name}.safetensors"
+    if out.exists() and not args.overwrite:
+        raise AdvshieldError(f"{out} exists; pass --overwrite to replace it")
+    card = train_purifier(cfg, args.out_dir, resume=not args.fresh, command=command_line())
+    m = card["metrics"]
+    extra = f" (PSNR {m['psnr_adv']:.2f} → {m['psnr_purified']:.2f} dB)" if "psnr_purified" in m else ""
+    print(f"wrote {out}{extra}")
+    return 0
