@@ -124,3 +124,36 @@ def test_report_holds_tables_and_definitions():
     assert "| up ← toy | 0.800* (25.0%) |" in md
     js = res.to_json()
     assert len(js["rows"]) == 4 and {"meta", "attacks", "worst_case"} <= set(js)
+
+
+class Noisy(Defense):
+    randomized = True
+
+    def forward(self, x):
+        return (x + 0.01 * torch.randn_like(x)).clamp(0, 1)
+
+
+def test_adaptive_cells_attack_through_each_defense():
+    from advshield.attacks import PGD
+
+    built = []
+
+    def factory(m):
+        atk = PGD(m, eps=0.2, alpha=0.05, steps=5, random_start=False)
+        built.append((m, atk))
+        return atk
+
+    eng = Engine(targets={"toy": Threshold()}, attacks={"pgd": factory},
+                 defenses={"none": Identity(), "darken": Darken(), "noisy": Noisy()}, adaptive=("full", "bpda"), eot=3)
+    res = eng.run(batches(5))
+    settings = {(r["source"], r["defense"]): r["setting"] for r in res.rows()}
+    assert settings[("adaptive-full", "darken")] == "adaptive-full"
+    assert settings[("adaptive-bpda", "noisy")] == "adaptive-bpda"
+    assert ("adaptive-full", "none") not in settings  # the undefended model needs no adaptive attack
+    from advshield.defenses.base import Defended
+
+    adaptive = [(m, a) for m, a in built if isinstance(m, Defended)]
+    assert len(adaptive) == 4 and {a.eot for m, a in adaptive if isinstance(m.defense, Noisy)} == {3}
+    assert {m.use_bpda for m, a in adaptive} == {True, False}
+    md = grid_report(res, "toy")
+    assert "pgd ← adaptive-full" in md

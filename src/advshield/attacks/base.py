@@ -113,6 +113,7 @@ class GradientAttack(Attack):
                  random_start: bool = False, norm: str = "linf", seed: int | None = None) -> None:
         super().__init__(model, ThreatModel(norm=norm, eps=eps), seed)
         self.eps, self.alpha, self.steps, self.random_start = eps, alpha, steps, random_start
+        self.eot = 1  # gradients averaged over this many forward passes (EOT, for randomized defenses)
 
     # hooks ---------------------------------------------------------------------------------------------
     def init(self, x: torch.Tensor) -> torch.Tensor:
@@ -156,10 +157,15 @@ class GradientAttack(Attack):
 
     # loop ----------------------------------------------------------------------------------------------
     def gradient(self, x_adv: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """∇ of the loss at ``x_adv``; with ``eot`` > 1 the sum over that many random draws of the model and
+        input transform (Expectation over Transformation, Athalye et al. 2018; the sign/norm step is scale-free)."""
         with torch.enable_grad():  # also inside a caller's torch.no_grad()
             x_adv = x_adv.detach().requires_grad_(True)
-            loss = self.loss(self.outputs(self.input_transform(x_adv)), y)
-            (grad,) = torch.autograd.grad(loss, x_adv)
+            grad = None
+            for _ in range(max(1, self.eot)):
+                loss = self.loss(self.outputs(self.input_transform(x_adv)), y)
+                (g,) = torch.autograd.grad(loss, x_adv)
+                grad = g if grad is None else grad + g
         return grad
 
     def perturb(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

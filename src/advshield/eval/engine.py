@@ -5,7 +5,9 @@ range, finite), optionally caches it on disk, and classifies it with every defen
 per-sample prediction flags, so memory does not grow with the images seen. Metrics are computed at the end.
 
 Settings, per row: ``white-box`` (source is the target, no defense), ``defense-unaware`` (source is the target,
-attacker ignores the defense) and ``transfer`` (source ≠ target: black-box transfer).
+attacker ignores the defense), ``transfer`` (source ≠ target: black-box transfer) and, when ``adaptive`` modes are
+asked for, ``adaptive-full`` / ``adaptive-bpda``: the attack is crafted on the defended target itself, with the
+gradient through the defense or straight through its BPDA substitute, and EOT over randomized defenses.
 """
 from __future__ import annotations
 
@@ -13,17 +15,19 @@ import hashlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Sequence
 
 import torch
 from torch import nn
 
 from ..attacks.base import Attack
 from ..attacks.threat import BudgetError
+from ..defenses.base import Defended
 from ..utils import atomic_path, progress
 from .metrics import accuracy, attack_success_rate, fooling_rate, restoration_accuracy
 
 AttackFactory = Callable[[nn.Module], Attack]
+ADAPTIVE_MODES = ("full", "bpda")
 
 
 @dataclass
@@ -45,7 +49,10 @@ class GridResults:
             clean = self.clean_pred[(d, t)]
             base_acc = accuracy(self.base_pred[t], y)
             clean_acc, rob_acc = accuracy(clean, y), accuracy(adv, y)
-            setting = "transfer" if s != t else ("white-box" if d == "none" else "defense-unaware")
+            if s.startswith("adaptive-"):
+                setting = s
+            else:
+                setting = "transfer" if s != t else ("white-box" if d == "none" else "defense-unaware")
             out.append({
                 "attack": a, "source": s, "defense": d, "target": t, "setting": setting,
                 "n": len(y), "clean_accuracy": clean_acc, "robust_accuracy": rob_acc,
@@ -94,7 +101,7 @@ class Engine:
     def __init__(self, targets: dict[str, nn.Module], attacks: dict[str, AttackFactory],
                  defenses: dict[str, nn.Module] | None = None, sources: dict[str, nn.Module] | None = None,
                  seed: int = 0, device: str | torch.device = "cpu", cache_dir: str | Path | None = None,
-                 log: Callable[[str], None] | None = None) -> None:
+                 adaptive: Sequence[str] = (), eot: int = 1, log: Callable[[str], None] | None = None) -> None:
         from ..defenses.base import Identity
 
         self.targets = targets
@@ -105,13 +112,27 @@ class Engine:
         self.device = torch.device(device)
         self.cache_dir = Path(cache_dir) if cache_dir else None
         self.log = log or (lambda s: None)
+        bad = [m for m in adaptive if m not in ADAPTIVE_MODES]
+        if bad:
+            raise ValueError(f"unknown adaptive mode {bad[0]!r} (known: {', '.join(ADAPTIVE_MODES)})")
+        self.adaptive = tuple(adaptive)
+        self.eot = eot
         self._built: dict[tuple[str, str], Attack] = {}
         for m in [*self.targets.values(), *self.defenses.values()]:
             m.to(self.device).eval()
 
     def attack(self, a: str, s: str) -> Attack:
+        """The attack ``a`` built on source ``s`` (a model name, or ``adaptive-MODE|DEFENSE|TARGET``)."""
         if (a, s) not in self._built:
-            self._built[(a, s)] = self.attacks[a](self.sources[s].to(self.device))
+            if s.startswith("adaptive-"):
+                mode, d, t = s[len("adaptive-"):].split("|")
+                defense = self.defenses[d]
+                atk = self.attacks[a](Defended(self.targets[t], defense, bpda=mode == "bpda").to(self.device))
+                if getattr(defense, "randomized", False) and hasattr(atk, "eot"):
+                    atk.eot = self.eot
+            else:
+                atk = self.attacks[a](self.sources[s].to(self.device))
+            self._built[(a, s)] = atk
         return self._built[(a, s)]
 
     def _seed_for(self, a: str, s: str, start: int) -> int:
@@ -139,6 +160,10 @@ class Engine:
                 torch.save(x_adv.cpu(), tmp)
         return x_adv
 
+    def _adaptive_cells(self) -> list[tuple[str, str, str]]:
+        """(mode, defense, target) for every adaptive attack cell; the undefended model needs none."""
+        return [(m, d, t) for m in self.adaptive for d in self.defenses if d != "none" for t in self.targets]
+
     @torch.no_grad()
     def _classify(self, x: torch.Tensor) -> dict[tuple[str, str], torch.Tensor]:
         """Predictions of every target behind every defense; each defense runs once per batch."""
@@ -158,6 +183,7 @@ class Engine:
         clean: dict[tuple[str, str], list[torch.Tensor]] = {k: [] for k in pairs}
         adv: dict[tuple[str, str, str, str], list[torch.Tensor]] = {
             (a, s, d, t): [] for a in self.attacks for s in self.sources for (d, t) in pairs}
+        adv.update({(a, f"adaptive-{m}", d, t): [] for a in self.attacks for m, d, t in self._adaptive_cells()})
         start = 0
         for x, y in progress(batches, "eval", total=total):
             x, y = x.to(self.device), y.to(self.device)
@@ -171,9 +197,17 @@ class Engine:
                 for s in self.sources:
                     for (d, t), p in self._classify(self._craft(a, s, x, y, start)).items():
                         adv[(a, s, d, t)].append(p)
+                for mode, d, t in self._adaptive_cells():
+                    x_adv = self._craft(a, f"adaptive-{mode}|{d}|{t}", x, y, start)
+                    with torch.no_grad():
+                        p = self.targets[t](self.defenses[d](x_adv)).argmax(1).cpu()
+                    adv[(a, f"adaptive-{mode}", d, t)].append(p)
             start += len(x)
         cat = lambda v: torch.cat(v) if v else torch.empty(0, dtype=torch.long)  # noqa: E731
         info = {a: {s: repr(self.attack(a, s)) for s in self.sources} for a in self.attacks}
+        for a in self.attacks:
+            info[a].update({f"adaptive-{m}": repr(self.attack(a, f"adaptive-{m}|{d}|{t}"))
+                            for m, d, t in self._adaptive_cells()})
         res = GridResults(cat(ys), {k: cat(v) for k, v in base.items()}, {k: cat(v) for k, v in clean.items()},
                           {k: cat(v) for k, v in adv.items()}, info,
                           meta={"n": start, "seed": self.seed, "device": str(self.device),

@@ -41,7 +41,9 @@ def grid_report(res: GridResults, title: str = "advshield evaluation", notes: Se
             "- **Fooling rate**: fraction of images whose prediction changes.",
             "- **Restoration accuracy** (Borkar et al.): (defended clean + defended adversarial accuracy) / "
             "(2 × undefended clean accuracy).",
-            "- Cells marked `*` are white-box (the source is the target); the others are black-box transfer.", ""]
+            "- Cells marked `*` are white-box (the source is the target; `adaptive-full`/`adaptive-bpda`: crafted "
+            "through the defense with full gradients / BPDA, EOT for randomized defenses); the others are black-box "
+            "transfer.", ""]
     out += ["## Clean accuracy", "",
             markdown_table(["defense"] + targets,
                            [[d] + [_fmt(worst[(d, t)]["clean_accuracy"]) for t in targets]
@@ -52,9 +54,14 @@ def grid_report(res: GridResults, title: str = "advshield evaluation", notes: Se
         table = []
         for a, s in pairs:
             cells = []
+            if not any((a, s, d, t) in index for t in targets):
+                continue
             for t in targets:
-                r = index[(a, s, d, t)]
-                star = "*" if s == t else ""
+                r = index.get((a, s, d, t))
+                if r is None:
+                    cells.append("–")
+                    continue
+                star = "*" if s == t or s.startswith("adaptive-") else ""
                 cells.append(f"{_fmt(r['robust_accuracy'])}{star} ({_fmt(r['attack_success_rate'], pct=True)})")
             table.append([f"{a} ← {s}"] + cells)
         out += [markdown_table(["attack ← source"] + targets, table), ""]
