@@ -10,9 +10,6 @@ from __future__ import annotations
 
 import argparse
 import inspect
-import math
-import re
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -21,12 +18,13 @@ from torch import nn
 
 from ..errors import AdvshieldError
 from .common import add_runtime_flags, apply_runtime, csv_list, pixels, positive_int
+from .imagetree import (adapt_channels, check_dirs, check_labels, folder_labels, input_channels,  # noqa: F401
+                        load_batch, load_folder, plan_outputs, quantize_in_budget, size_batches, write_batch)
 
 # --attack flags → constructor keywords (given only when the flag is on the command line)
 ATTACK_FLAGS = {"alpha": "--alpha", "steps": "--steps", "decay": "--decay", "diversity_prob": "--diversity-prob",
                 "resize_rate": "--resize-rate", "len_kernel": "--len-kernel", "nsig": "--nsig",
                 "random_start": "--random-start"}
-_INDEXED_CLASS = re.compile(r"^(\d+)_")
 
 
 # -- argument parsing ---------------------------------------------------------------------------------------
@@ -82,108 +80,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 # -- building blocks ----------------------------------------------------------------------------------------
-def folder_labels(classes: list[str], labels: list[int]) -> list[int]:
-    """Per-image labels of an :class:`ImageFolder`. When every class folder is named ``<index>_<name>`` (what
-    ``advshield data export`` writes) the index is the label, so a tree holding only some classes keeps the
-    right labels; otherwise the label is the position of the class in sorted order (torchvision's rule)."""
-    if classes and all(_INDEXED_CLASS.match(c) for c in classes):
-        index = [int(_INDEXED_CLASS.match(c).group(1)) for c in classes]
-        return [index[k] if k >= 0 else k for k in labels]
-    return list(labels)
-
-
-def check_dirs(source: Path, out: Path) -> None:
-    """Refuse an out-dir equal to or inside the source dir, or one that is a file."""
-    src, dst = source.resolve(), out.resolve()
-    if dst == src or src in dst.parents:
-        raise AdvshieldError(f"--out-dir {out} is {'the same as' if dst == src else 'inside'} --source-dir "
-                             f"{source}; choose a directory outside the source tree")
-    if out.exists() and not out.is_dir():
-        raise AdvshieldError(f"--out-dir {out} exists and is not a directory")
-
-
-def plan_outputs(folder: Any, out: Path) -> list[Path]:
-    """``out/<relative path>.png`` per image; DataError-style refusal for a clash or an existing file."""
-    targets = [out / folder.rel(i).with_suffix(".png") for i in range(len(folder))]
-    seen: dict[Path, int] = {}
-    for i, t in enumerate(targets):
-        if t in seen:
-            raise AdvshieldError(f"{folder.rel(seen[t])} and {folder.rel(i)} would both be written to {t}")
-        seen[t] = i
-        if t.exists() or t.is_symlink():
-            raise AdvshieldError(f"{t} already exists; not overwriting it (choose a new --out-dir or remove it)")
-    return targets
-
-
-def input_channels(model: nn.Module) -> int | None:
-    """Channels the model's first convolution expects (None when it has none)."""
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d):
-            return m.in_channels
-    return None
-
-
-def adapt_channels(model: nn.Module) -> None:
-    """Let ``model`` take 1- or 3-channel images: a forward pre-hook maps gray → RGB (repeat) or RGB → gray (ITU-R
-    601 luma) when the batch has the other channel count. Differentiable, so perturbations stay in the file's
-    own channels. Every leaf member of an :class:`Ensemble` gets its own hook."""
-    from ..attacks import Ensemble
-
-    if isinstance(model, Ensemble):
-        for m in model.members:
-            adapt_channels(m)
-        return
-    want = input_channels(model)
-    if want not in (1, 3) or isinstance(model, torch.jit.ScriptModule):
-        return
-    luma = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
-
-    def hook(module: nn.Module, args: tuple) -> tuple | None:
-        x = args[0]
-        if x.dim() != 4 or x.shape[1] == want or x.shape[1] not in (1, 3):
-            return None
-        x = x.expand(-1, 3, -1, -1) if want == 3 else (x * luma.to(x)).sum(1, keepdim=True)
-        return (x, *args[1:])
-
-    model.register_forward_pre_hook(hook)
-
-
-def quantize_in_budget(x_adv: torch.Tensor, x8: torch.Tensor, eps: float, norm: str = "linf") -> torch.Tensor:
-    """Round ``x_adv`` (N×C×H×W in [0,1]) to uint8 and pull it back into the ``eps`` ball around the uint8 input
-    ``x8``: L∞ clamps each value to ``x8 ± floor(eps·255)``; L2 scales the integer perturbation of an image that
-    rounding pushed past ``eps`` and truncates it toward zero (so its norm can only shrink)."""
-    from ..data.folder import to_uint8
-
-    base = x8.to(torch.int32)
-    d = to_uint8(x_adv.cpu()).to(torch.int32) - base
-    if norm == "linf":
-        e = math.floor(eps * 255 + 1e-6)
-        d = d.clamp(-e, e)
-    else:
-        n = d.flatten(1).float().norm(dim=1).view(-1, 1, 1, 1) / 255
-        over = n > eps
-        if over.any():
-            scaled = torch.trunc(d.double() * (eps / n.double().clamp_min(1e-12)))
-            d = torch.where(over, scaled.to(torch.int32), d)
-    return (base + d).clamp(0, 255).to(torch.uint8)
-
-
-def load_folder(source: str) -> Any:
-    """The :class:`ImageFolder` at ``source``; decodes every image once so a corrupt file fails before any
-    output is written."""
-    from ..data.folder import IMAGE_EXTS, ImageFolder, is_image
-
-    folder = ImageFolder(source)
-    for i in range(len(folder)):
-        folder.load(i)
-    if folder.classes:
-        loose = [p for p in folder.root.iterdir() if p.is_file() and is_image(p)]
-        if loose:
-            print(f"advshield: note: {len(loose)} image(s) directly in {folder.root} are skipped (the tree has "
-                  f"class sub-folders; {', '.join(IMAGE_EXTS)} files inside them are attacked)", file=sys.stderr)
-    return folder
-
-
 def load_source(specs: list[str]) -> nn.Module:
     """One model, or the equal-weight logit :class:`Ensemble` of several."""
     from ..attacks import Ensemble
@@ -196,30 +92,23 @@ def load_source(specs: list[str]) -> nn.Module:
 def craft_tree(folder: Any, targets: list[Path], atk: Any, labels: list[int] | None, batch_size: int,
                device: torch.device, seed: int, desc: str) -> int:
     """Attack ``folder`` batch by batch (grouped by image size) and write each result to its target PNG."""
-    from ..data.folder import group_by_size, save_png, to_uint8
     from ..utils import progress
 
-    batches = [g[i:i + batch_size] for g in group_by_size(folder) for i in range(0, len(g), batch_size)]
+    batches = size_batches(folder, batch_size)
     checked = labels is None
     for b, idx in enumerate(progress(batches, desc, total=len(batches))):
-        x8 = torch.stack([to_uint8(folder.load(i)) for i in idx])
+        x8 = load_batch(folder, idx)
         x = x8.float().div(255).to(device)
         y = None
         if labels is not None:
             y = torch.tensor([labels[i] for i in idx], dtype=torch.long, device=device)
             if not checked:
                 with torch.no_grad():
-                    k = atk.model(x[:1]).shape[1]
-                if max(labels) >= k:
-                    bad = next(i for i, v in enumerate(labels) if v >= k)
-                    raise AdvshieldError(f"label {labels[bad]} of {folder.rel(bad)} (from its class folder) is not "
-                                         f"a class of the model ({k} classes)")
+                    check_labels(labels, atk.model(x[:1]).shape[1], folder)
                 checked = True
         atk.seed = seed + b
         x_adv = atk(x, y)
-        out = quantize_in_budget(x_adv, x8, atk.threat.eps, atk.threat.norm)
-        for i, img in zip(idx, out):
-            save_png(img, targets[i])
+        write_batch(quantize_in_budget(x_adv, x8, atk.threat.eps, atk.threat.norm), idx, targets)
     return len(targets)
 
 
