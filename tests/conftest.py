@@ -67,3 +67,13 @@ def fmnist_available() -> bool:
 
 
 needs_fmnist = pytest.mark.skipif(not fmnist_available(), reason="Fashion-MNIST not installed (run `make data`)")
+
+
+@pytest.fixture
+def gray_tree(tmp_path, fake_fmnist) -> Path:
+    """10 exported Fashion-MNIST-format test images in <index>_<class> folders (mode "L", 28×28)."""
+    from advshield.cli.main import main
+
+    out = tmp_path / "gray"
+    assert main(["data", "export", "--data-root", str(fake_fmnist), "--n", "10", "--out", str(out)]) == 0
+    return out

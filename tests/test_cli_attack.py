@@ -23,14 +23,6 @@ def pngs(root: Path) -> dict[Path, np.ndarray]:
 
 
 @pytest.fixture
-def gray_tree(tmp_path, fake_fmnist) -> Path:
-    """10 exported Fashion-MNIST-format test images in <index>_<class> folders (1 channel, 28×28)."""
-    out = tmp_path / "gray"
-    assert main(["data", "export", "--data-root", str(fake_fmnist), "--n", "10", "--out", str(out)]) == 0
-    return out
-
-
-@pytest.fixture
 def rgb_tree(tmp_path) -> Path:
     """A flat (unlabelled) RGB tree: three 28×28 images and two 32×32 ones (two size groups)."""
     rng = np.random.default_rng(0)

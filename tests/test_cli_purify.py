@@ -48,14 +48,6 @@ def rgb_p(tmp_path) -> str:
 
 
 @pytest.fixture
-def gray_tree(tmp_path, fake_fmnist) -> Path:
-    """10 exported Fashion-MNIST-format test images in <index>_<class> folders (mode "L", 28×28)."""
-    out = tmp_path / "gray"
-    assert main(["data", "export", "--data-root", str(fake_fmnist), "--n", "10", "--out", str(out)]) == 0
-    return out
-
-
-@pytest.fixture
 def color_tree(tmp_path) -> Path:
     """A nested RGB/RGBA tree with two sizes: a/0 RGB 28², a/1 RGBA 20×24, b/c/2 RGB 28², b/3 RGBA 28²."""
     rng = np.random.default_rng(0)

@@ -19,14 +19,22 @@ def pixels(value: str) -> float:
     return v / 255.0
 
 
-def positive_int(value: str) -> int:
+def _int_at_least(value: str, minimum: int) -> int:
     try:
         v = int(value)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{value!r} is not an integer") from None
-    if v <= 0:
-        raise argparse.ArgumentTypeError("must be a positive integer")
+    if v < minimum:
+        raise argparse.ArgumentTypeError("must be a positive integer" if minimum else "must be a non-negative integer")
     return v
+
+
+def positive_int(value: str) -> int:
+    return _int_at_least(value, 1)
+
+
+def non_negative_int(value: str) -> int:
+    return _int_at_least(value, 0)
 
 
 def csv_list(value: str) -> list[str]:

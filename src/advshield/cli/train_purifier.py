@@ -5,17 +5,7 @@ import argparse
 from pathlib import Path
 
 from ..errors import AdvshieldError
-from .common import add_runtime_flags, apply_runtime, command_line, pixels, positive_int
-
-
-def _non_negative_int(value: str) -> int:
-    try:
-        v = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not an integer") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError("must be a non-negative integer")
-    return v
+from .common import add_runtime_flags, apply_runtime, command_line, non_negative_int, pixels, positive_int
 
 
 def add_purifier_parser(tsub: argparse._SubParsersAction) -> None:
@@ -53,7 +43,7 @@ def add_purifier_parser(tsub: argparse._SubParsersAction) -> None:
     p.add_argument("--out-dir", default="zoo", help="where NAME.safetensors and NAME.json go (default zoo)")
     p.add_argument("--save-every", type=positive_int, default=200, help="checkpoint interval in steps (default 200)")
     p.add_argument("--log-every", type=positive_int, default=10, help="CSV/log interval in steps (default 10)")
-    p.add_argument("--eval-images", type=_non_negative_int, default=256,
+    p.add_argument("--eval-images", type=non_negative_int, default=256,
                    help="images for the final PSNR metrics (default 256; 0 skips)")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--resume", dest="fresh", action="store_false", help="continue a saved run (default)")
@@ -61,7 +51,7 @@ def add_purifier_parser(tsub: argparse._SubParsersAction) -> None:
     p.set_defaults(fresh=False)
     p.add_argument("--overwrite", action="store_true", help="replace an existing NAME.safetensors in --out-dir")
     p.add_argument("--amp", action="store_true", help="bfloat16 autocast on CUDA (no effect on CPU)")
-    p.add_argument("--workers", type=_non_negative_int, default=0, help="DataLoader worker processes (default 0)")
+    p.add_argument("--workers", type=non_negative_int, default=0, help="DataLoader worker processes (default 0)")
     add_runtime_flags(p)
     p.set_defaults(run=run_purifier)
 
