@@ -3,6 +3,8 @@ from .base import Defended, Defense, Identity, defend
 from .jpeg import JPEG
 from .transforms import BitDepth, GaussianBlur, Median, RandomResizePad
 from .tvm import TVM
+from .shipped import NRPDefense, NRPDynamicDefense, NRPResGDefense  # noqa: E402  (the zoo purifiers)
 
 __all__ = ["Defended", "Defense", "Identity", "defend",
-           "BitDepth", "GaussianBlur", "JPEG", "Median", "RandomResizePad", "TVM"]
+           "BitDepth", "GaussianBlur", "JPEG", "Median", "NRPDefense", "NRPDynamicDefense", "NRPResGDefense",
+           "RandomResizePad", "TVM"]
