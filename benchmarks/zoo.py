@@ -62,7 +62,7 @@ def demo_section(n: int) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--n", type=int, default=1000, help="demo images (default 1000, the demo's default)")
+    p.add_argument("--n", type=int, default=100, help="demo images (default 100, the demo default)")
     p.add_argument("--skip-demo", action="store_true")
     args = p.parse_args()
     update_section("zoo", zoo_section())
