@@ -77,3 +77,12 @@ def gray_tree(tmp_path, fake_fmnist) -> Path:
     out = tmp_path / "gray"
     assert main(["data", "export", "--data-root", str(fake_fmnist), "--n", "10", "--out", str(out)]) == 0
     return out
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny nets run faster on one torch thread, above all on a busy 2-core machine; restored afterwards."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -46,13 +46,7 @@ def band_data(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     return 0.4 + 0.2 * torch.tensor(xs).float().div(255).unsqueeze(1), torch.tensor(ys).long()
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One thread: the test machine's cores are shared with long-running jobs."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

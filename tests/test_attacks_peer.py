@@ -32,13 +32,7 @@ class SmallCNN(nn.Module):
         return self.head(self.body(x))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Few threads: the test machine's cores are shared with long-running jobs."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_setup(c: int, side: int) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:

@@ -15,13 +15,7 @@ from advshield.defenses.purifier import load_purifier
 from advshield.models import save_checkpoint
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny nets run faster on one thread on a busy machine; restored afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def save_purifier(path: Path, arch: str = "nrp", channels: int = 1) -> str:
