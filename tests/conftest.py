@@ -86,3 +86,15 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+def pngs(root: Path) -> dict[Path, tuple[str, np.ndarray]]:
+    """Relative path → (PIL mode, pixel array) of every PNG under ``root``; asserts each really is a PNG."""
+    from PIL import Image
+
+    out = {}
+    for p in sorted(root.rglob("*.png")):
+        with Image.open(p) as img:
+            assert img.format == "PNG"
+            out[p.relative_to(root)] = (img.mode, np.asarray(img))
+    return out

@@ -11,15 +11,7 @@ from PIL import Image
 from advshield.cli.attack import folder_labels, quantize_in_budget
 from advshield.cli.main import main
 
-
-def pngs(root: Path) -> dict[Path, np.ndarray]:
-    """Relative path → pixel array (H×W or H×W×3 uint8) of every PNG under ``root``."""
-    out = {}
-    for p in sorted(root.rglob("*.png")):
-        with Image.open(p) as img:
-            assert img.format == "PNG"
-            out[p.relative_to(root)] = (img.mode, np.asarray(img))
-    return out
+from conftest import pngs
 
 
 @pytest.fixture

@@ -10,6 +10,8 @@ import torch
 from PIL import Image
 
 from advshield.cli.main import main
+
+from conftest import pngs
 from advshield.defenses.nrp import NRP, DynamicPurifier, NRPResG
 from advshield.defenses.purifier import load_purifier
 from advshield.models import save_checkpoint
@@ -51,15 +53,6 @@ def color_tree(tmp_path) -> Path:
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(rng.integers(0, 256, (h, w, len(mode)), dtype=np.uint8), mode).save(root / rel)
     return root
-
-
-def pngs(root: Path) -> dict[Path, tuple[str, np.ndarray]]:
-    out = {}
-    for p in sorted(root.rglob("*.png")):
-        with Image.open(p) as img:
-            assert img.format == "PNG"
-            out[p.relative_to(root)] = (img.mode, np.asarray(img))
-    return out
 
 
 def one_line_error(capsys, argv: list[str], needle: str) -> None:
