@@ -71,7 +71,7 @@ def test_resume_after_interruption_matches_uninterrupted_run(tmp_path, fake_fmni
     monkeypatch.setattr(tp.PurifierTrainer, "step", real)
     lines = []
     tp.train_purifier(cfg(fake_fmnist, eval_images=0), tmp_path / "b", log=lines.append)
-    assert lines[0] == "resuming p at step 2/6"
+    assert "resuming p at step 2/6" in lines
     a, b = load_file(str(tmp_path / "a" / "p.safetensors")), load_file(str(tmp_path / "b" / "p.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     log_a = (tmp_path / "a" / ".train" / "p" / "log.csv").read_text().splitlines()

@@ -39,6 +39,9 @@ def add_purifier_parser(tsub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-pixel", action="store_true", help="ablation: drop the pixel loss")
     p.add_argument("--vanilla-gan", action="store_true", help="ablation: vanilla instead of relativistic GAN loss")
     p.add_argument("--critic-width", type=positive_int, default=32, help="critic base width (default 32)")
+    p.add_argument("--alpha-adv", type=float, default=5e-3, help="weight α of the GAN term (default 5e-3)")
+    p.add_argument("--gamma-img", type=float, default=1e-2, help="weight γ of the pixel L2 term (default 1e-2)")
+    p.add_argument("--lambda-feat", type=float, default=1.0, help="weight λ of the feature MAE term (default 1)")
     p.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate of both nets (default 1e-4)")
     p.add_argument("--out-dir", default="zoo", help="where NAME.safetensors and NAME.json go (default zoo)")
     p.add_argument("--save-every", type=positive_int, default=200, help="checkpoint interval in steps (default 200)")
@@ -66,7 +69,8 @@ def run_purifier(args: argparse.Namespace) -> int:
         name=args.name, arch=args.arch, data=args.data, feature_model=args.feature_model, layer=args.layer,
         steps=args.steps, batch_size=args.batch_size, crop=args.crop, eps=args.eps, ssp_steps=args.ssp_steps,
         ssp_alpha=args.ssp_alpha, adversary=args.adversary, no_feat=args.no_feat, no_pixel=args.no_pixel,
-        vanilla_gan=args.vanilla_gan, critic_width=args.critic_width, lr=args.lr, save_every=args.save_every,
+        vanilla_gan=args.vanilla_gan, critic_width=args.critic_width, lr=args.lr,
+        alpha_adv=args.alpha_adv, gamma_img=args.gamma_img, lambda_feat=args.lambda_feat, save_every=args.save_every,
         log_every=args.log_every, eval_images=args.eval_images, seed=args.seed, device=args.device, amp=args.amp,
         workers=args.workers, data_root=args.data_root, threads=args.threads)
     check_config(cfg)

@@ -22,17 +22,14 @@ the defaults ESRGAN, whose generator and critic NRP adopts, trains with.
 from __future__ import annotations
 
 import contextlib
-import csv
 import json
 import math
 import shlex
 import sys
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -48,8 +45,9 @@ from ..errors import AdvshieldError, DataError
 from ..models import load_model
 from ..models.checkpoint import save_checkpoint
 from ..models.vgg16 import VGG16Features
-from ..utils import atomic_path, pick_device, progress, seed_everything
+from ..utils import pick_device, seed_everything
 from .classifier import augment_batch
+from .loop import run_steps, step_generator, step_seed
 
 ADVERSARIES = ("ssp", "gaussian", "fgsm")
 LOSS_KEYS = ("total", "feat", "img", "adv", "critic")
@@ -107,16 +105,6 @@ def loss_weights(cfg: PurifierConfig) -> dict[str, float]:
     """The weights of the purifier's loss terms after the ablation switches: {"adv", "img", "feat"}."""
     return {"adv": cfg.alpha_adv, "img": 0.0 if cfg.no_pixel else cfg.gamma_img,
             "feat": 0.0 if cfg.no_feat else cfg.lambda_feat}
-
-
-def step_generator(seed: int, step: int, stream: int) -> torch.Generator:
-    """A CPU generator that depends only on (seed, step, stream)."""
-    state = np.random.SeedSequence([int(seed) % 2**32, int(step) % 2**32, stream]).generate_state(2)
-    return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
-
-
-def _step_seed(seed: int, step: int, stream: int) -> int:
-    return int(np.random.SeedSequence([int(seed) % 2**32, int(step) % 2**32, stream]).generate_state(1)[0])
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -339,7 +327,7 @@ class Adversary:
             gen = step_generator(self.seed, step, stream)
             noise = torch.randn(x.shape, generator=gen).to(x.device, x.dtype) * (self.eps / 2)
             return (x + noise.clamp(-self.eps, self.eps)).clamp(0.0, 1.0)
-        self.attack.seed = _step_seed(self.seed, step, stream)
+        self.attack.seed = step_seed(self.seed, step, stream)
         return self.attack(x)
 
 
@@ -454,25 +442,6 @@ def evaluate_purifier(trainer: PurifierTrainer, images: torch.Tensor, chunk: int
 # the run
 
 
-def _append_log(path: Path, row: dict[str, Any]) -> None:
-    new = not path.exists()
-    with open(path, "a", newline="") as f:
-        w = csv.writer(f)
-        if new:
-            w.writerow(list(row))
-        w.writerow(list(row.values()))
-
-
-def _truncate_log(path: Path, step: int) -> None:
-    """Keep the CSV rows of steps ≤ ``step`` (rows written after the checkpoint being resumed are dropped)."""
-    if not path.exists():
-        return
-    lines = path.read_text().splitlines()
-    keep = lines[:1] + [ln for ln in lines[1:] if ln and int(ln.split(",", 1)[0]) <= step]
-    with atomic_path(path) as tmp:
-        tmp.write_text("\n".join(keep) + "\n")
-
-
 def _batches(source: CropSource, start: int, stop: int, workers: int) -> Iterator[torch.Tensor]:
     if workers <= 0:
         for step in range(start, stop):
@@ -529,56 +498,13 @@ def train_purifier(cfg: PurifierConfig, out_dir: str | Path, work_dir: str | Pat
                              f"{cfg.crop}×{cfg.crop} images: {str(e).splitlines()[0]}") from None
 
     work = Path(work_dir) if work_dir else out_dir / ".train" / cfg.name
-    work.mkdir(parents=True, exist_ok=True)
-    state_path, log_path = work / "state.pt", work / "log.csv"
-    start, elapsed = 0, 0.0
-    acc = {k: 0.0 for k in LOSS_KEYS}
-    acc_n = 0
-    last = {k: float("nan") for k in LOSS_KEYS}  # the latest step's losses
-    if resume and state_path.exists():
-        state = torch.load(state_path, weights_only=True)
-        if state.get("config") != _config_key(cfg):
-            raise AdvshieldError(f"{state_path} was made with other settings; delete it or pass --fresh")
-        trainer.load_state_dict(state)
-        torch.set_rng_state(state["torch_rng"])
-        start, elapsed = int(state["step"]), float(state["elapsed"])
-        acc, acc_n, last = dict(state["acc"]), int(state["acc_n"]), dict(state["last"])
-        _truncate_log(log_path, start)
-        log(f"resuming {cfg.name} at step {start}/{cfg.steps}")
-    else:
-        for p in (state_path, log_path):
-            if p.exists():
-                p.unlink()
     log(f"{cfg.name}: {cfg.arch} ({count_parameters(purifier):,} parameters) on {device}, data {cfg.data}, "
         f"features {feature_note}, adversary {cfg.adversary}, weights {trainer.weights}")
-
-    def save(step: int) -> None:
-        with atomic_path(state_path) as tmp:
-            torch.save({**trainer.state_dict(), "step": step, "config": _config_key(cfg), "elapsed": elapsed,
-                        "torch_rng": torch.get_rng_state(), "acc": acc, "acc_n": acc_n, "last": last}, tmp)
-
-    t0 = time.time()
-    bar = progress(_batches(source, start, cfg.steps, cfg.workers), f"{cfg.name}", total=cfg.steps - start)
-    for step, x in zip(range(start, cfg.steps), bar):
-        losses = trainer.step(x, step)
-        if not all(math.isfinite(v) for v in losses.values()):
-            raise AdvshieldError(f"{cfg.name}: non-finite loss at step {step + 1}: {losses}")
-        last = losses
-        for k in LOSS_KEYS:
-            acc[k] += losses[k]
-        acc_n += 1
-        done = step + 1
-        now = time.time()
-        elapsed, t0 = elapsed + (now - t0), now
-        if done % cfg.log_every == 0 or done == cfg.steps:
-            row = {"step": done, **{f"loss_{k}": f"{acc[k] / acc_n:.6g}" for k in LOSS_KEYS},
-                   "elapsed_s": f"{elapsed:.1f}"}
-            _append_log(log_path, row)
-            log(f"{cfg.name} step {done}/{cfg.steps} " + " ".join(f"{k} {acc[k] / acc_n:.4g}" for k in LOSS_KEYS)
-                + f" ({elapsed:.0f}s)")
-            acc, acc_n = {k: 0.0 for k in LOSS_KEYS}, 0
-        if done % cfg.save_every == 0 or done == cfg.steps:
-            save(done)
+    result = run_steps(cfg.name, cfg.steps, lambda step, x: trainer.step(x, step), work=work,
+                       config_key=_config_key(cfg), state_fn=trainer.state_dict, load_fn=trainer.load_state_dict,
+                       resume=resume, save_every=cfg.save_every, log_every=cfg.log_every, log=log,
+                       batches=lambda start, stop: _batches(source, start, stop, cfg.workers))
+    last, elapsed = result.last, result.elapsed
 
     metrics: dict[str, Any] = {f"final_loss_{k}": round(v, 6) for k, v in last.items() if math.isfinite(v)}
     if cfg.eval_images > 0:
