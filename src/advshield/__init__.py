@@ -11,7 +11,7 @@ from . import attacks, defenses  # noqa: F401  (registers attacks and defenses)
 from .defenses.purifier import defend, load_purifier
 from .errors import AdvshieldError, DataError, ModelError
 from .models import load_model
-from .registry import ATTACKS, DEFENSES, MODELS, PURIFIERS
+from .registry import ATTACKS, DEFENSES, MODELS, PURIFIERS, UNIVERSAL
 
-__all__ = ["ATTACKS", "DEFENSES", "MODELS", "PURIFIERS", "AdvshieldError", "DataError", "ModelError", "__version__",
+__all__ = ["ATTACKS", "DEFENSES", "MODELS", "PURIFIERS", "UNIVERSAL", "AdvshieldError", "DataError", "ModelError", "__version__",
            "defend", "load_model", "load_purifier"]

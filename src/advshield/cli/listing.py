@@ -1,16 +1,17 @@
-"""``advshield list [attacks|defenses|models] [--markdown]``: everything registered, with one line each."""
+"""``advshield list [attacks|universal|defenses|purifiers|models] [--markdown]``: everything registered, with one line each."""
 from __future__ import annotations
 
 import argparse
 
-from ..registry import ATTACKS, DEFENSES, MODELS, Registry
+from ..registry import ATTACKS, DEFENSES, MODELS, PURIFIERS, UNIVERSAL, Registry
 from ..report.tables import markdown_table
 
-REGISTRIES: dict[str, Registry] = {"attacks": ATTACKS, "defenses": DEFENSES, "models": MODELS}
+REGISTRIES: dict[str, Registry] = {"attacks": ATTACKS, "universal": UNIVERSAL, "defenses": DEFENSES,
+                                   "purifiers": PURIFIERS, "models": MODELS}
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("list", help="list the registered attacks, defenses and model architectures")
+    p = sub.add_parser("list", help="list the registered attacks, universal attacks, defenses, purifier and model architectures")
     p.add_argument("what", nargs="?", choices=sorted(REGISTRIES), help="only this registry")
     p.add_argument("--markdown", action="store_true", help="print Markdown tables (docs/COMPONENTS.md)")
     p.set_defaults(run=run)
