@@ -152,7 +152,6 @@ class Purifier(Defense):
 
     name = "nrp"
     differentiable = True
-    randomized = False
 
     def __init__(self, net: nn.Module, name: str | None = None) -> None:
         super().__init__()
@@ -160,6 +159,11 @@ class Purifier(Defense):
         self.in_channels = int(getattr(net, "in_channels", 3))
         if name:
             self.name = name
+
+    @property
+    def randomized(self) -> bool:  # type: ignore[override]
+        """True when the net draws random numbers at inference (e.g. an autoencoder with latent noise)."""
+        return bool(getattr(self.net, "randomized", False))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, c, h, w = x.shape
