@@ -157,3 +157,32 @@ def test_adaptive_cells_attack_through_each_defense():
     assert {m.use_bpda for m, a in adaptive} == {True, False}
     md = grid_report(res, "toy")
     assert "pgd ← adaptive-full" in md
+
+
+class Flip(nn.Module):
+    """Predicts class 1 when the single pixel is below 0.5 (the opposite of Threshold)."""
+
+    def forward(self, x):
+        return -Threshold()(x)
+
+
+@pytest.mark.parametrize("bs", [1, 5])
+def test_universal_perturbation_cells_and_restoration_against_a_baseline(bs):
+    delta = torch.full((1, 1, 1), 0.3)
+    eng = Engine(targets={"toy": Threshold(), "flip": Flip()}, attacks={}, defenses={"none": Identity()},
+                 perturbations={"uap": delta}, baselines={"flip": Threshold()})
+    res = eng.run(batches(bs))
+    rows = {(r["attack"], r["source"], r["target"]): r for r in res.rows()}
+    r = rows[("uap", "universal", "toy")]
+    assert r["setting"] == "universal"
+    # x + 0.3 clamped: [0.4, 0.7, 0.9, 1.0, 0.65] → predictions [0, 1, 1, 1, 1]: 4/5 correct
+    assert r["robust_accuracy"] == pytest.approx(0.8)
+    assert r["fooling_rate"] == pytest.approx(0.4)  # clean predictions [0, 0, 1, 1, 0]
+    f = rows[("uap", "universal", "flip")]
+    # flip: clean predictions [1, 1, 0, 0, 1] (1/5 correct), perturbed [1, 0, 0, 0, 0] (0/5)
+    assert (f["clean_accuracy"], f["robust_accuracy"]) == (pytest.approx(0.2), pytest.approx(0.0))
+    assert f["undefended_clean_accuracy"] == pytest.approx(0.8)  # the baseline's clean accuracy
+    assert f["restoration_accuracy"] == pytest.approx((f["clean_accuracy"] + f["robust_accuracy"]) / (2 * 0.8))
+    assert "universal" in res.attack_info["uap"]
+    with pytest.raises(ValueError, match="C×H×W"):
+        Engine(targets={"toy": Threshold()}, attacks={}, perturbations={"bad": torch.zeros(1, 1, 1, 1)})

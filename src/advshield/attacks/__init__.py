@@ -1,4 +1,5 @@
-"""Attacks. Importing this package registers every attack in :data:`advshield.registry.ATTACKS`."""
+"""Attacks. Importing this package registers every per-image attack in :data:`advshield.registry.ATTACKS` and
+every universal attack (package :mod:`.universal`) in :data:`advshield.registry.UNIVERSAL`."""
 from .base import Attack, GradientAttack, frozen_eval
 from .difgsm import DIFGSM, input_diversity
 from .ensemble import Ensemble
@@ -10,7 +11,8 @@ from .rfgsm import RFGSM
 from .ssp import SSP
 from .threat import BudgetError, ThreatModel
 from .tifgsm import TIFGSM, ti_kernel
+from .universal import FFF, GAP, SPGD, UAP, UniversalAttack
 
-__all__ = ["Attack", "BIM", "BudgetError", "DIFGSM", "DIM", "DIMTI", "Ensemble", "FGSM", "GradientAttack", "IFGSM",
-           "MIDIFGSM", "MIDITIFGSM", "MIFGSM", "PGD", "PGDL2", "RFGSM", "SSP", "TIFGSM", "ThreatModel", "frozen_eval",
-           "input_diversity", "ti_kernel"]
+__all__ = ["Attack", "BIM", "BudgetError", "DIFGSM", "DIM", "DIMTI", "Ensemble", "FFF", "FGSM", "GAP", "GradientAttack",
+           "IFGSM", "MIDIFGSM", "MIDITIFGSM", "MIFGSM", "PGD", "PGDL2", "RFGSM", "SPGD", "SSP", "TIFGSM", "ThreatModel",
+           "UAP", "UniversalAttack", "frozen_eval", "input_diversity", "ti_kernel"]

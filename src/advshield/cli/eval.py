@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from ..data import load_dataset
 from ..errors import AdvshieldError
@@ -36,6 +37,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", default="fashion-mnist", help="fashion-mnist, mnist, cifar10 or an image folder")
     p.add_argument("--data-root", default=None, help="directory holding the dataset files")
     p.add_argument("--split", default="test", choices=["train", "test"])
+    p.add_argument("--perturbations", type=csv_list, default=None,
+                   help="universal perturbations (.npy from `advshield uap`), evaluated as source 'universal'; "
+                   "with them, --attacks defaults to none")
     p.add_argument("--out", required=True, help="output directory")
     add_grid_flags(p, n_default=None)
     p.set_defaults(run=run)
@@ -50,11 +54,36 @@ def load_named(specs: list[str]) -> dict:
     return models
 
 
+def load_baselines(models: dict) -> dict:
+    """For every model whose card names a ``base`` (FRU models), that base from the zoo (restoration accuracy
+    is measured against the undefended base)."""
+    out = {}
+    for name, model in models.items():
+        base = (getattr(model, "card", None) or {}).get("base")
+        if base:
+            out[name] = load_model(f"zoo:{base}")
+    return out
+
+
+def load_perturbations(paths: list[str]) -> dict:
+    """file stem → perturbation tensor (C×H×W) for each ``.npy`` path."""
+    from ..attacks.universal import load_perturbation
+
+    out = {}
+    for path in paths:
+        name = Path(path).stem
+        if name in out:
+            raise AdvshieldError(f"two perturbation files are named {name!r}")
+        out[name] = load_perturbation(path)
+    return out
+
+
 def run(args: argparse.Namespace) -> int:
     from ..eval.grid import evaluate, save_results
 
     apply_runtime(args)
-    attacks = args.attacks or ATTACKS.names()
+    perturbations = load_perturbations(args.perturbations) if args.perturbations else None
+    attacks = args.attacks if args.attacks is not None else ([] if perturbations else ATTACKS.names())
     defenses = args.defenses or DEFENSES.names()
     check_names("attack", attacks, ATTACKS.names())
     check_names("defense", defenses, DEFENSES.names())
@@ -66,7 +95,8 @@ def run(args: argparse.Namespace) -> int:
     if (data.labels < 0).any():
         raise AdvshieldError(f"{args.data} has unlabelled images; eval needs class sub-folders")
     res = evaluate(models, data, attacks, defenses, args.eps, args.eps_l2, args.batch_size, args.seed,
-                   pick_device(args.device), sources=sources, cache_dir=args.cache_dir)
+                   pick_device(args.device), sources=sources, cache_dir=args.cache_dir,
+                   perturbations=perturbations, baselines=load_baselines(models))
     res.meta["command"] = command_line()
     paths = save_results(res, args.out, f"advshield eval on {data.name}")
     print(paths["markdown"].read_text())

@@ -10,6 +10,7 @@ from ..models.recipes import CLASSIFIER_RECIPES
 from ..registry import MODELS
 from .common import add_runtime_flags, apply_runtime, command_line, positive_int
 from .train_fru import add_fru_parser
+from .train_autoencoder import add_autoencoder_parser
 from .train_purifier import add_purifier_parser
 
 
@@ -34,6 +35,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_runtime_flags(c)
     c.set_defaults(run=run_classifier)
     add_purifier_parser(tsub)
+    add_autoencoder_parser(tsub)
     add_fru_parser(tsub)
 
 

@@ -7,7 +7,11 @@ per-sample prediction flags, so memory does not grow with the images seen. Metri
 Settings, per row: ``white-box`` (source is the target, no defense), ``defense-unaware`` (source is the target,
 attacker ignores the defense), ``transfer`` (source ≠ target: black-box transfer) and, when ``adaptive`` modes are
 asked for, ``adaptive-full`` / ``adaptive-bpda``: the attack is crafted on the defended target itself, with the
-gradient through the defense or straight through its BPDA substitute, and EOT over randomized defenses.
+gradient through the defense or straight through its BPDA substitute, and EOT over randomized defenses; and
+``universal``: a fixed image-agnostic perturbation (UAP, sPGD, FFF, GAP …) added to every image (source "universal").
+
+``baselines`` names, per target, the undefended model its restoration accuracy is measured against (Borkar et
+al.: (defended clean + defended perturbed) / (2 · baseline clean)); e.g. the base network of an FRU model.
 """
 from __future__ import annotations
 
@@ -49,7 +53,7 @@ class GridResults:
             clean = self.clean_pred[(d, t)]
             base_acc = accuracy(self.base_pred[t], y)
             clean_acc, rob_acc = accuracy(clean, y), accuracy(adv, y)
-            if s.startswith("adaptive-"):
+            if s.startswith("adaptive-") or s == "universal":
                 setting = s
             else:
                 setting = "transfer" if s != t else ("white-box" if d == "none" else "defense-unaware")
@@ -96,12 +100,16 @@ class Engine:
 
     targets/sources: name → classifier ([0,1] images → logits). attacks: name → factory(model) → Attack.
     defenses: name → ``nn.Module`` ([0,1] → [0,1]); ``"none"`` is the identity. Sources default to the targets.
-    ``cache_dir``: store each crafted batch there and reuse it on a re-run with the same settings."""
+    ``cache_dir``: store each crafted batch there and reuse it on a re-run with the same settings.
+    ``perturbations``: name → universal perturbation C×H×W ([0,1] units), added to every image and clamped.
+    ``baselines``: target name → its undefended model (clean accuracy for restoration; default the target)."""
 
     def __init__(self, targets: dict[str, nn.Module], attacks: dict[str, AttackFactory],
                  defenses: dict[str, nn.Module] | None = None, sources: dict[str, nn.Module] | None = None,
                  seed: int = 0, device: str | torch.device = "cpu", cache_dir: str | Path | None = None,
-                 adaptive: Sequence[str] = (), eot: int = 1, log: Callable[[str], None] | None = None) -> None:
+                 adaptive: Sequence[str] = (), eot: int = 1, log: Callable[[str], None] | None = None,
+                 perturbations: dict[str, torch.Tensor] | None = None,
+                 baselines: dict[str, nn.Module] | None = None) -> None:
         from ..defenses.base import Identity
 
         self.targets = targets
@@ -117,8 +125,13 @@ class Engine:
             raise ValueError(f"unknown adaptive mode {bad[0]!r} (known: {', '.join(ADAPTIVE_MODES)})")
         self.adaptive = tuple(adaptive)
         self.eot = eot
+        self.perturbations = {k: v.detach().float().to(self.device) for k, v in (perturbations or {}).items()}
+        for k, v in self.perturbations.items():
+            if v.dim() != 3 or not torch.isfinite(v).all():
+                raise ValueError(f"perturbation {k!r} must be a finite C×H×W tensor, not {tuple(v.shape)}")
+        self.baselines = {t: baselines.get(t, m) for t, m in targets.items()} if baselines else dict(targets)
         self._built: dict[tuple[str, str], Attack] = {}
-        for m in [*self.targets.values(), *self.defenses.values()]:
+        for m in [*self.targets.values(), *self.defenses.values(), *self.baselines.values()]:
             m.to(self.device).eval()
 
     def attack(self, a: str, s: str) -> Attack:
@@ -184,12 +197,13 @@ class Engine:
         adv: dict[tuple[str, str, str, str], list[torch.Tensor]] = {
             (a, s, d, t): [] for a in self.attacks for s in self.sources for (d, t) in pairs}
         adv.update({(a, f"adaptive-{m}", d, t): [] for a in self.attacks for m, d, t in self._adaptive_cells()})
+        adv.update({(p, "universal", d, t): [] for p in self.perturbations for (d, t) in pairs})
         start = 0
         for x, y in progress(batches, "eval", total=total):
             x, y = x.to(self.device), y.to(self.device)
             ys.append(y.cpu())
             with torch.no_grad():
-                for t, m in self.targets.items():
+                for t, m in self.baselines.items():
                     base[t].append(m(x).argmax(1).cpu())
             for k, p in self._classify(x).items():
                 clean[k].append(p)
@@ -202,12 +216,20 @@ class Engine:
                     with torch.no_grad():
                         p = self.targets[t](self.defenses[d](x_adv)).argmax(1).cpu()
                     adv[(a, f"adaptive-{mode}", d, t)].append(p)
+            for p, delta in self.perturbations.items():
+                if delta.shape != x.shape[1:]:
+                    raise ValueError(f"perturbation {p!r} is {tuple(delta.shape)}, images are {tuple(x.shape[1:])}")
+                for k, pred in self._classify((x + delta).clamp(0, 1)).items():
+                    adv[(p, "universal", *k)].append(pred)
             start += len(x)
         cat = lambda v: torch.cat(v) if v else torch.empty(0, dtype=torch.long)  # noqa: E731
         info = {a: {s: repr(self.attack(a, s)) for s in self.sources} for a in self.attacks}
         for a in self.attacks:
             info[a].update({f"adaptive-{m}": repr(self.attack(a, f"adaptive-{m}|{d}|{t}"))
                             for m, d, t in self._adaptive_cells()})
+        for p, delta in self.perturbations.items():
+            info[p] = {"universal": f"universal perturbation (L∞ {float(delta.abs().max()):.4g}, "
+                                    f"L2 {float(delta.norm()):.4g})"}
         res = GridResults(cat(ys), {k: cat(v) for k, v in base.items()}, {k: cat(v) for k, v in clean.items()},
                           {k: cat(v) for k, v in adv.items()}, info,
                           meta={"n": start, "seed": self.seed, "device": str(self.device),

@@ -27,15 +27,18 @@ def attack_factory(name: str, eps: float, eps_l2: float, **kw: Any):
 def evaluate(models: dict[str, nn.Module], data: TensorDataset, attacks: Sequence[str], defenses: Sequence[str],
              eps: float, eps_l2: float, batch_size: int = 250, seed: int = 0, device: str | torch.device = "cpu",
              sources: dict[str, nn.Module] | None = None, cache_dir: str | Path | None = None,
-             overrides: dict[str, dict[str, Any]] | None = None) -> GridResults:
+             overrides: dict[str, dict[str, Any]] | None = None,
+             perturbations: dict[str, torch.Tensor] | None = None,
+             baselines: dict[str, nn.Module] | None = None) -> GridResults:
     """Run the attack × source × defense × target grid on ``data`` (streamed in batches).
 
-    ``overrides``: per-attack keyword arguments on top of the paper defaults, e.g. ``{"ssp": {"steps": 20}}``."""
+    ``overrides``: per-attack keyword arguments on top of the paper defaults, e.g. ``{"ssp": {"steps": 20}}``.
+    ``perturbations``: name → universal perturbation (C×H×W); ``baselines``: target → undefended model."""
     overrides = overrides or {}
     engine = Engine(targets=models, sources=sources,
                     attacks={a: attack_factory(a, eps, eps_l2, **overrides.get(a, {})) for a in attacks},
                     defenses={d: DEFENSES.get(d)() for d in defenses}, seed=seed, device=device,
-                    cache_dir=cache_dir)
+                    cache_dir=cache_dir, perturbations=perturbations, baselines=baselines)
     res = engine.run(data.batches(batch_size), total=-(-len(data) // batch_size))
     res.meta.update({"dataset": data.name, "eps": eps, "eps_255": round(eps * 255, 4), "eps_l2": eps_l2,
                      "batch_size": batch_size, "overrides": overrides, "torch": torch.__version__, "python": platform.python_version()})

@@ -1,0 +1,80 @@
+"""FFF: Fast Feature Fool (Mopuri et al., BMVC 2017), a data-free universal perturbation."""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from ...registry import UNIVERSAL
+from .base import UniversalAttack, ascent_step, decayed_step, loss_gradient, project, random_perturbation, shape_of
+
+
+class _ActivationMeans:
+    """Forward hooks collecting the mean activation of every ReLU module with a 4-D (conv) output, or, for models
+    without ReLU modules, the mean absolute output of every ``nn.Conv2d``."""
+
+    def __init__(self, model: nn.Module) -> None:
+        relus = [m for m in model.modules() if isinstance(m, nn.ReLU)]
+        self.modules = relus or [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+        self.absolute = not relus
+        self.means: list[torch.Tensor] = []
+        self._handles: list[Any] = []
+
+    def _hook(self, module: nn.Module, args: Any, out: torch.Tensor) -> None:
+        if isinstance(out, torch.Tensor) and out.dim() == 4:
+            # ReLU outputs are ≥ 0, so their mean is the mean magnitude; mean() keeps no tensor for backward, so
+            # a later in-place op on `out` cannot break the graph. Conv outputs: abs of a copy.
+            self.means.append(out.clone().abs().mean() if self.absolute else out.mean())
+
+    def __enter__(self) -> "_ActivationMeans":
+        self._handles = [m.register_forward_hook(self._hook) for m in self.modules]
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for h in self._handles:
+            h.remove()
+
+
+@UNIVERSAL.register("fff", "data-free: maximise the product of conv-layer activation magnitudes for δ alone (Mopuri 2017)")
+class FFF(UniversalAttack):
+    """``FFF(model, eps=10/255, norm="linf", steps=200, alpha=None, base=0.5, seed=None)``; data-free.
+
+    Maximises Σ_l log(mean activation of layer l) over the network's conv-layer ReLU outputs (or the absolute
+    conv outputs of a model without ReLU modules) for the single input clamp(base + δ, 0, 1): δ on a flat mid-
+    gray image, our [0,1]-input counterpart of the paper's δ on the zero (mean-subtracted) image. Start: uniform
+    in the ball (seeded); ``steps`` ascent steps of ``alpha`` (sign for L∞, normalised for L2; default eps/10,
+    decayed linearly to alpha/10), each projected. ``fit(data)`` uses ``data`` only for its shape: pass fit
+    data, a C×H×W tensor or a ``(C, H, W)`` tuple."""
+
+    name = "fff"
+    iters_arg = "steps"
+
+    def __init__(self, model: nn.Module, eps: float = 10 / 255, norm: str = "linf", seed: int | None = None,
+                 steps: int = 200, alpha: float | None = None, base: float = 0.5, show_progress: bool = True) -> None:
+        super().__init__(model, eps, norm, seed, 1, show_progress)
+        if steps < 1 or (alpha is not None and alpha <= 0) or not 0 <= base <= 1:
+            raise ValueError("steps must be ≥ 1, alpha positive, base in [0, 1]")
+        self.steps, self.alpha, self.base = int(steps), alpha, float(base)
+
+    def _fit(self, data: Any) -> torch.Tensor:
+        shape, dev = shape_of(data), self.device
+        delta = random_perturbation(shape, self.eps, self.norm, self.generator(), boundary=False).to(dev)
+        a0 = self.alpha if self.alpha is not None else self.eps / 10
+        with _ActivationMeans(self.model) as acts:
+            if not acts.modules:
+                raise ValueError(f"{type(self.model).__name__} has no ReLU or Conv2d modules for FFF to excite")
+            for t in self.progress(range(self.steps), self.name, total=self.steps):
+                acts.means.clear()
+                delta.requires_grad_(True)
+                with torch.enable_grad():
+                    self.model((self.base + delta).clamp(0, 1).unsqueeze(0))
+                    if not acts.means:
+                        raise ValueError("FFF found no 4-D conv activations in the forward pass")
+                    loss = torch.stack(acts.means).clamp_min(1e-12).log().sum()
+                    grad = loss_gradient(loss, delta)
+                step = decayed_step(a0, t, self.steps)
+                delta = project(ascent_step(delta.detach(), grad, step, self.norm), self.eps, self.norm)
+                if t == self.steps - 1 or t % 50 == 0:
+                    self.history.append({"step": t + 1, "log_activation": float(loss)})
+        return delta
