@@ -89,3 +89,85 @@ def test_resnet_default_layers_skip_pointwise_shortcuts_and_bad_layer_errors():
         FRUNet(base, layers=["fc"])
     with pytest.raises(ModelError, match="fraction"):
         FRUNet(base, fraction=0)
+
+
+# -- training -------------------------------------------------------------------------------------------------
+import advshield.train.fru as tf  # noqa: E402
+from safetensors.torch import load_file  # noqa: E402
+
+
+def fru_cfg(root, **kw):
+    base = dict(name="t-fru", model="zoo:tiny-vgg", data="fashion-mnist", data_root=str(root), pool_size=2,
+                pool_images=40, attack_args={"max_passes": 1, "show_progress": False}, steps=6, batch_size=8,
+                save_every=2, log_every=2, eval_images=40, device="cpu")
+    return tf.FRUConfig(**{**base, **kw})
+
+
+def quiet(s):
+    pass
+
+
+def test_training_writes_a_zoo_classifier_whose_base_is_unchanged(tmp_path, fake_fmnist, tiny_zoo, one_thread):
+    card = tf.train_fru(fru_cfg(fake_fmnist), tmp_path / "zoo", command="test", log=quiet)
+    assert card["kind"] == "classifier" and card["architecture"] == "fru" and card["base"] == "tiny-vgg"
+    assert card["training"]["pool_fit_time_s"] >= 0 and "pool_restoration_accuracy" in card["metrics"]
+    net = load_model(str(tmp_path / "zoo" / "t-fru.safetensors"))
+    assert isinstance(net, FRUNet) and net.layers == ["features.conv1_1", "features.conv2_1"]
+    base = load_model("zoo:tiny-vgg")
+    base_sd, net_sd = base.state_dict(), net.state_dict()
+    for k, v in base_sd.items():  # every base tensor is saved unchanged
+        k2 = k.replace("conv1_1.", "conv1_1.conv.").replace("conv2_1.", "conv2_1.conv.")
+        assert torch.equal(net_sd[f"base.{k2}"], v), k
+    x = torch.rand(3, 1, 28, 28)
+    assert net(x).shape == (3, 10)
+    pool = load_file(str(tmp_path / "zoo" / ".train" / "t-fru" / "pool.safetensors"))["pool"]
+    assert pool.shape == (2, 1, 28, 28) and float(pool.abs().max()) <= 0.1 + 1e-6
+
+
+def test_resume_after_interruption_matches_uninterrupted_run(tmp_path, fake_fmnist, tiny_zoo, one_thread,
+                                                             monkeypatch):
+    tf.train_fru(fru_cfg(fake_fmnist, eval_images=0), tmp_path / "a", log=quiet)
+    real = tf.FRUTrainer.step
+    calls = {"n": 0}
+
+    def stop_at_step_4(self, step):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt
+        return real(self, step)
+
+    monkeypatch.setattr(tf.FRUTrainer, "step", stop_at_step_4)
+    with pytest.raises(KeyboardInterrupt):
+        tf.train_fru(fru_cfg(fake_fmnist, eval_images=0), tmp_path / "b", log=quiet)
+    monkeypatch.setattr(tf.FRUTrainer, "step", real)
+    lines = []
+    tf.train_fru(fru_cfg(fake_fmnist, eval_images=0), tmp_path / "b", log=lines.append)
+    assert "resuming t-fru at step 2/6" in lines and any("from" in ln and "pool" in ln for ln in lines)
+    a, b = load_file(str(tmp_path / "a" / "t-fru.safetensors")), load_file(str(tmp_path / "b" / "t-fru.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_draw_perturbations_stay_within_budget():
+    gen = torch.Generator().manual_seed(0)
+    pool = (torch.rand(3, 1, 8, 8) * 2 - 1) * 0.1
+    for norm, eps in (("linf", 0.1), ("l2", 0.5)):
+        p = pool if norm == "linf" else pool / pool.flatten(1).norm(dim=1).view(-1, 1, 1, 1) * eps
+        d = tf.draw_perturbations(p, 64, gen, eps, norm, synthetic=True)
+        size = d.flatten(1).abs().amax(1) if norm == "linf" else d.flatten(1).norm(dim=1)
+        assert d.shape == (64, 1, 8, 8) and float(size.max()) <= eps + 1e-6
+    assert torch.equal(tf.draw_perturbations(pool, 5, torch.Generator().manual_seed(1), 0.1, "linf", False),
+                       tf.draw_perturbations(pool, 5, torch.Generator().manual_seed(1), 0.1, "linf", False))
+
+
+def test_cli_train_fru_and_errors(tmp_path, fake_fmnist, tiny_zoo, one_thread, capsys):
+    args = ["train", "fru", "--model", "zoo:tiny-vgg", "--data-root", str(fake_fmnist), "--pool-size", "1",
+            "--pool-images", "30", "--steps", "2", "--batch-size", "4", "--eval-images", "20",
+            "--out-dir", str(tmp_path / "z")]
+    assert main(args) == 0
+    assert (tmp_path / "z" / "tiny-vgg-fru.safetensors").exists()
+    assert main(args) == 2 and "--overwrite" in capsys.readouterr().err
+    for bad, msg in ((["--attack", "nope"], "unknown universal attack"), (["--fraction", "1.5"], "fraction"),
+                     (["--model", "zoo:missing"], "missing"), (["--layers", "fc"], "not a conv layer")):
+        assert main(args[:2] + ["--model", "zoo:tiny-vgg"] + args[4:-2] + ["--out-dir", str(tmp_path / "e")] + bad) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and msg in err[0], err

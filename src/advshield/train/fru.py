@@ -103,7 +103,7 @@ def fit_pool(cfg: FRUConfig, model: torch.nn.Module, train: TensorDataset, work:
     if path.exists():
         try:
             stored = load_file(str(path))
-            meta = json.loads(bytes(stored["key"].tolist()).decode())
+            meta = bytes(stored["key"].tolist()).decode()
         except Exception:  # noqa: BLE001 - a damaged cache is simply refitted
             meta = None
         if meta == _pool_key(cfg):
@@ -183,7 +183,7 @@ class FRUTrainer:
         loss.backward()
         self.opt.step()
         self.net.eval()
-        return {"total": float(loss), "clean": float(loss_clean), "perturbed": float(loss_pert)}
+        return {"total": loss.item(), "clean": loss_clean.item(), "perturbed": loss_pert.item()}
 
 
 def _base_card(model: torch.nn.Module, spec: str) -> dict[str, Any]:
