@@ -171,3 +171,35 @@ def test_cli_train_fru_and_errors(tmp_path, fake_fmnist, tiny_zoo, one_thread, c
         assert main(args[:2] + ["--model", "zoo:tiny-vgg"] + args[4:-2] + ["--out-dir", str(tmp_path / "e")] + bad) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and msg in err[0], err
+
+
+def test_eval_cli_with_universal_perturbations_and_fru_baseline(tmp_path, fake_fmnist, tiny_zoo, one_thread):
+    import json
+
+    import numpy as np
+    from advshield.models import save_checkpoint
+
+    base = load_model("zoo:tiny-vgg")
+    net = FRUNet(base)
+    _perturb_frus(net)
+    card = {"name": "tiny-vgg-fru", "kind": "classifier", "dataset": "fashion-mnist", "architecture": "fru",
+            "arch_args": {"base_arch": "vgg", "base_args": base.card["arch_args"], "layers": net.layers,
+                          "fraction": 0.5, "depth": None}, "base": "tiny-vgg", "metrics": {}}
+    save_checkpoint(net, tiny_zoo / "tiny-vgg-fru.safetensors", card)
+    np.save(tmp_path / "u.npy", np.full((1, 28, 28), 0.05, dtype=np.float32))
+    out = tmp_path / "out"
+    assert main(["eval", "--models", "zoo:tiny-vgg,zoo:tiny-vgg-fru", "--perturbations", str(tmp_path / "u.npy"),
+                 "--defenses", "none", "--data-root", str(fake_fmnist), "--n", "20", "--out", str(out)]) == 0
+    rows = json.loads((out / "report.json").read_text())["rows"]
+    assert {(r["attack"], r["source"], r["target"]) for r in rows} == {
+        ("u", "universal", "tiny-vgg"), ("u", "universal", "tiny-vgg-fru")}  # no per-image attack by default
+    base_row = next(r for r in rows if r["target"] == "tiny-vgg")
+    fru_row = next(r for r in rows if r["target"] == "tiny-vgg-fru")
+    assert fru_row["undefended_clean_accuracy"] == base_row["clean_accuracy"]  # restoration against the base
+    assert fru_row["restoration_accuracy"] == pytest.approx(
+        (fru_row["clean_accuracy"] + fru_row["robust_accuracy"]) / (2 * base_row["clean_accuracy"]))
+    assert main(["eval", "--models", "zoo:tiny-vgg", "--perturbations", str(tmp_path / "missing.npy"),
+                 "--data-root", str(fake_fmnist), "--n", "5", "--out", str(tmp_path / "o2")]) == 2
+    np.save(tmp_path / "wrong.npy", np.zeros((3, 28, 28), dtype=np.float32))
+    assert main(["eval", "--models", "zoo:tiny-vgg", "--perturbations", str(tmp_path / "wrong.npy"),
+                 "--data-root", str(fake_fmnist), "--n", "5", "--out", str(tmp_path / "o3")]) == 2

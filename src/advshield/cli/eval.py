@@ -92,6 +92,10 @@ def run(args: argparse.Namespace) -> int:
     data = load_dataset(args.data, args.split, args.data_root).subset(args.n)
     if len(data) == 0:
         raise AdvshieldError(f"dataset {args.data!r} has no images")
+    for name, delta in (perturbations or {}).items():
+        if tuple(delta.shape) != tuple(data.images.shape[1:]):
+            raise AdvshieldError(f"perturbation {name!r} is {tuple(delta.shape)} (C×H×W), the images are "
+                                 f"{tuple(data.images.shape[1:])}")
     if (data.labels < 0).any():
         raise AdvshieldError(f"{args.data} has unlabelled images; eval needs class sub-folders")
     res = evaluate(models, data, attacks, defenses, args.eps, args.eps_l2, args.batch_size, args.seed,

@@ -97,7 +97,7 @@ def check_config(cfg: AutoencoderConfig) -> None:
     if arch not in AE_CONFIGS:
         raise AdvshieldError(f"unknown autoencoder config {arch!r} (known: {', '.join(sorted(AE_CONFIGS))})")
     if AE_CONFIGS[arch][0] != cfg.kind:
-        raise AdvshieldError(f"config {arch!r} is a {AE_CONFIGS[arch][0]}, not a {cfg.kind}")
+        raise AdvshieldError(f"config {arch!r} is for --kind {AE_CONFIGS[arch][0]}, not {cfg.kind}")
     bad = [a for a in cfg.attacks if a not in TRAIN_ATTACKS]
     if bad or not cfg.attacks:
         raise AdvshieldError(f"unknown training attack {bad[0] if bad else ''!r} (known: {', '.join(TRAIN_ATTACKS)})")

@@ -14,8 +14,8 @@ class _ActivationMeans:
     """Forward hooks collecting the mean activation of every ReLU module with a 4-D (conv) output, or, for models
     without ReLU modules, the mean absolute output of every ``nn.Conv2d``."""
 
-    def __init__(self, model: nn.Module) -> None:
-        relus = [m for m in model.modules() if isinstance(m, nn.ReLU)]
+    def __init__(self, model: nn.Module, kind: str = "relu") -> None:
+        relus = [m for m in model.modules() if isinstance(m, nn.ReLU)] if kind == "relu" else []
         self.modules = relus or [m for m in model.modules() if isinstance(m, nn.Conv2d)]
         self.absolute = not relus
         self.means: list[torch.Tensor] = []
@@ -51,17 +51,20 @@ class FFF(UniversalAttack):
     iters_arg = "steps"
 
     def __init__(self, model: nn.Module, eps: float = 10 / 255, norm: str = "linf", seed: int | None = None,
-                 steps: int = 200, alpha: float | None = None, base: float = 0.5, show_progress: bool = True) -> None:
+                 steps: int = 300, alpha: float | None = None, base: float = 0.5, activations: str = "conv",
+                 show_progress: bool = True) -> None:
         super().__init__(model, eps, norm, seed, 1, show_progress)
         if steps < 1 or (alpha is not None and alpha <= 0) or not 0 <= base <= 1:
             raise ValueError("steps must be ≥ 1, alpha positive, base in [0, 1]")
-        self.steps, self.alpha, self.base = int(steps), alpha, float(base)
+        if activations not in ("relu", "conv"):
+            raise ValueError("activations must be 'relu' or 'conv'")
+        self.steps, self.alpha, self.base, self.activations = int(steps), alpha, float(base), activations
 
     def _fit(self, data: Any) -> torch.Tensor:
         shape, dev = shape_of(data), self.device
         delta = random_perturbation(shape, self.eps, self.norm, self.generator(), boundary=False).to(dev)
         a0 = self.alpha if self.alpha is not None else self.eps / 10
-        with _ActivationMeans(self.model) as acts:
+        with _ActivationMeans(self.model, self.activations) as acts:
             if not acts.modules:
                 raise ValueError(f"{type(self.model).__name__} has no ReLU or Conv2d modules for FFF to excite")
             for t in self.progress(range(self.steps), self.name, total=self.steps):
@@ -76,5 +79,5 @@ class FFF(UniversalAttack):
                 step = decayed_step(a0, t, self.steps)
                 delta = project(ascent_step(delta.detach(), grad, step, self.norm), self.eps, self.norm)
                 if t == self.steps - 1 or t % 50 == 0:
-                    self.history.append({"step": t + 1, "log_activation": float(loss)})
+                    self.history.append({"step": t + 1, "log_activation": float(loss.detach())})
         return delta

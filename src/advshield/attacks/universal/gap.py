@@ -98,7 +98,7 @@ class GAP(UniversalAttack):
                 loss.backward()
             opt.step()
             if end:
-                self.history.append({"epoch": e + 1, "last_batch_loss": float(loss)})
+                self.history.append({"epoch": e + 1, "last_batch_loss": float(loss.detach())})
         self.net = net.eval()
         with torch.no_grad():
             return net.scale(net(z)[0], self.eps, self.norm)

@@ -48,5 +48,5 @@ class SPGD(UniversalAttack):
             step = decayed_step(a0, t, total)
             delta = project(ascent_step(delta.detach(), grad, step, self.norm), self.eps, self.norm)
             if end:
-                self.history.append({"epoch": e + 1, "last_batch_loss": float(loss)})
+                self.history.append({"epoch": e + 1, "last_batch_loss": float(loss.detach())})
         return delta
