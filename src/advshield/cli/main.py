@@ -13,7 +13,7 @@ EXIT_USER_ERROR = 2
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import attack, data, demo, eval as eval_cmd, listing, purify, train, zoo  # noqa: F401  (each adds its sub-commands)
+    from . import attack, data, demo, eval as eval_cmd, listing, purify, train, universal, zoo  # noqa: F401  (each adds its sub-commands)
     from .. import __version__
 
     parser = argparse.ArgumentParser(prog="advshield", description="Transferable adversarial attacks, purifier "
@@ -21,7 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      "command line eps and step sizes are in 0-255 pixel units.")
     parser.add_argument("--version", action="version", version=f"advshield {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (demo, eval_cmd, attack, purify, train, zoo, listing, data):
+    for module in (demo, eval_cmd, attack, universal, purify, train, zoo, listing, data):
         module.add_parser(sub)
     return parser
 

@@ -3,15 +3,18 @@
 A universal perturbation δ is one float32 C×H×W tensor in [0,1] image units, added to every image:
 ``x_adv = clamp(x + δ, 0, 1)`` for x N×C×H×W in [0,1]. The budget is ‖δ‖∞ ≤ eps or ‖δ‖₂ ≤ eps (over all C·H·W
 values). This module holds the one implementation of: the projection onto the budget (:func:`project`), the
-ascent step (:func:`ascent_step`), random perturbations (:func:`random_perturbation`), the fit set held in memory
-(:class:`FitSet`), batched predictions and the fooling rate (:func:`predict`, :func:`fooling_rate`), and the base
-class :class:`UniversalAttack` (seeding through a ``torch.Generator``, frozen eval-mode model, progress bars).
+ascent step and its schedule (:func:`ascent_step`, :func:`decayed_step`), the clipped cross-entropy that sPGD and
+GAP ascend (:func:`clipped_cross_entropy`), random perturbations (:func:`random_perturbation`), the fit set held in
+memory (:class:`FitSet`), batched predictions and the fooling rate (:func:`predict`, :func:`fooling_rate`), and the
+base class :class:`UniversalAttack` (seeding through a ``torch.Generator``, frozen eval-mode model, shuffled
+batches with a progress bar).
 """
 from __future__ import annotations
 
 from typing import Any, Iterable, Iterator, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ...errors import DataError
@@ -27,7 +30,11 @@ def check_budget(eps: float, norm: str) -> None:
     """ValueError unless ``norm`` is ``"linf"``/``"l2"`` and ``eps`` is a finite non-negative number."""
     if norm not in NORMS:
         raise ValueError(f"norm must be 'linf' or 'l2', not {norm!r}")
-    if not (isinstance(eps, (int, float)) and 0 <= float(eps) < float("inf")):
+    try:
+        ok = 0 <= float(eps) < float("inf")
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
         raise ValueError(f"eps must be a finite non-negative number, not {eps!r}")
 
 
@@ -63,6 +70,12 @@ def random_perturbation(shape: Sequence[int], eps: float, norm: str, generator: 
     d = torch.randn(tuple(shape), generator=generator)
     r = eps if boundary else eps * float(torch.rand((), generator=generator))
     return project(d * (r / float(d.norm().clamp_min(1e-12))), eps, norm).float()
+
+
+def clipped_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, clip: float) -> torch.Tensor:
+    """Mean over the batch of min(CE(logits, label), ``clip``) — the loss universal attacks ascend: an image whose
+    label probability is already below e^-clip (fooled) stops steering δ."""
+    return F.cross_entropy(logits, labels, reduction="none").clamp(max=clip).mean()
 
 
 def apply_perturbation(x: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:

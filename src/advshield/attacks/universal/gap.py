@@ -9,13 +9,18 @@ from torch import nn
 from torch.nn import functional as F
 
 from ...registry import UNIVERSAL
-from .base import FitSet, UniversalAttack, apply_perturbation, check_budget
+from .base import FitSet, UniversalAttack, apply_perturbation, check_budget, clipped_cross_entropy
 
 
 class PerturbationGenerator(nn.Module):
-    """A small DCGAN-style decoder: z (``z_dim``) → linear → ``width``×h×w grid (h = ceil(H/2^s)) → s × (2×
+    """A small DCGAN-style decoder: z (N×``z_dim``) → linear → ``width``×h×w grid (h = ceil(H/2^s)) → s × (2×
     bilinear upsampling, 3×3 conv, ReLU) → 3×3 conv to C channels at exactly H×W. ``s`` = 2 for 28-32 px inputs,
-    up to 4 for ImageNet-size ones. Returns the unscaled pattern 1×C×H×W; :meth:`scale` maps it into the budget."""
+    up to 4 for ImageNet-size ones.
+
+    The output pattern N×C×H×W is standardised: zero spatial mean per channel, unit standard deviation per
+    sample. Without this the generator's strongest direction, a uniform brightness shift, takes over and tanh
+    saturates on it within a few Adam steps (measured on the zoo VGG: δ = +eps everywhere, fooling 0.39; with it
+    0.72). :meth:`scale` maps the pattern into the budget."""
 
     def __init__(self, shape: tuple[int, int, int], z_dim: int = 64, width: int = 32) -> None:
         super().__init__()
@@ -42,14 +47,17 @@ class PerturbationGenerator(nn.Module):
             size = (h, w) if i == self.stages - 1 else None
             y = F.interpolate(y, size=size, scale_factor=None if size else 2.0, mode="bilinear", align_corners=False)
             y = F.relu(conv(y))
-        return self.out(y)
+        p = self.out(y)
+        p = p - p.mean((-2, -1), keepdim=True)
+        return p / p.flatten(1).std(1).clamp_min(1e-12).view(-1, 1, 1, 1)
 
     @staticmethod
-    def scale(pattern: torch.Tensor, eps: float, norm: str) -> torch.Tensor:
-        """Pattern → perturbation in the budget: eps·tanh(pattern) (L∞), or rescaled to L2 length eps."""
+    def scale(pattern: torch.Tensor, eps: float, norm: str, sharpness: float = 2.0) -> torch.Tensor:
+        """Standardised pattern → perturbation in the budget: eps·tanh(sharpness·pattern) (L∞), or the pattern
+        rescaled to L2 length eps."""
         check_budget(eps, norm)
         if norm == "linf":
-            return eps * torch.tanh(pattern)
+            return eps * torch.tanh(sharpness * pattern)
         return pattern * (eps / pattern.norm().clamp_min(1e-12))
 
 
@@ -62,23 +70,30 @@ def fooling_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 @UNIVERSAL.register("gap", "generative: train a small generator from fixed noise to a universal δ (Poursaeed 2018)")
 class GAP(UniversalAttack):
-    """``GAP(model, eps=10/255, norm="linf", epochs=5, batch_size=64, lr=5e-3, z_dim=64, width=32, seed=None)``.
+    """``GAP(model, eps=10/255, norm="linf", epochs=5, batch_size=64, lr=1e-3, loss="ce", loss_clip=5.0,
+    z_dim=64, width=32, seed=None)``.
 
-    A :class:`PerturbationGenerator` (seeded initialisation) maps one fixed seeded noise vector z ~ N(0, I) to
-    δ = eps·tanh(G(z)) (L∞) or G(z) rescaled to length eps (L2). Adam (``lr``) trains G over ``epochs`` shuffled
-    passes of the fit set to minimise the fooling loss −log(1 − p_clean(clamp(x + δ))) with p_clean the model's
-    probability of its own clean prediction. Returns the final δ; the trained generator is ``self.net``."""
+    A :class:`PerturbationGenerator` (seeded initialisation) maps one fixed seeded noise vector z ~ N(0, I) to a
+    standardised pattern p and δ = eps·tanh(2p) (L∞) or p rescaled to length eps (L2). Adam (``lr``) trains G
+    over ``epochs`` shuffled passes of the fit set to push clamp(x + δ) away from the model's clean prediction:
+    ``loss="ce"`` maximises the cross-entropy clipped at ``loss_clip`` (as sPGD); ``"fool"`` minimises the
+    fooling loss −log(1 − p_clean) (Poursaeed's non-targeted loss, the clean prediction as the class to leave).
+    On the zoo VGG (Fashion-MNIST, L∞ 0.1, 2000 images, seeds 0/1) "ce" fooled 0.83/0.79 of the test images,
+    "fool" 0.72/0.70. Returns the final δ; the trained generator is ``self.net``."""
 
     name = "gap"
     iters_arg = "epochs"
 
     def __init__(self, model: nn.Module, eps: float = 10 / 255, norm: str = "linf", seed: int | None = None,
-                 epochs: int = 5, batch_size: int = 64, lr: float = 5e-3, z_dim: int = 64, width: int = 32,
-                 show_progress: bool = True) -> None:
+                 epochs: int = 5, batch_size: int = 64, lr: float = 1e-3, loss: str = "ce", loss_clip: float = 5.0,
+                 z_dim: int = 64, width: int = 32, show_progress: bool = True) -> None:
         super().__init__(model, eps, norm, seed, batch_size, show_progress)
-        if epochs < 1 or lr <= 0 or z_dim < 1 or width < 1:
-            raise ValueError("epochs, z_dim and width must be ≥ 1 and lr positive")
-        self.epochs, self.lr, self.z_dim, self.width = int(epochs), float(lr), int(z_dim), int(width)
+        if epochs < 1 or lr <= 0 or z_dim < 1 or width < 1 or loss_clip <= 0:
+            raise ValueError("epochs, z_dim and width must be ≥ 1; lr and loss_clip positive")
+        if loss not in ("ce", "fool"):
+            raise ValueError(f"GAP loss must be 'ce' or 'fool', not {loss!r}")
+        self.epochs, self.lr, self.loss, self.loss_clip = int(epochs), float(lr), loss, float(loss_clip)
+        self.z_dim, self.width = int(z_dim), int(width)
         self.net: PerturbationGenerator | None = None
 
     def _fit(self, data: Any) -> torch.Tensor:
@@ -93,7 +108,11 @@ class GAP(UniversalAttack):
             x, y = fs.get(idx, dev), labels[idx].to(dev)
             with torch.enable_grad():
                 delta = net.scale(net(z)[0], self.eps, self.norm)
-                loss = fooling_loss(self.model(apply_perturbation(x, delta)), y)
+                logits = self.model(apply_perturbation(x, delta))
+                if self.loss == "ce":
+                    loss = -clipped_cross_entropy(logits, y, self.loss_clip)
+                else:
+                    loss = fooling_loss(logits, y)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
             opt.step()

@@ -4,14 +4,14 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ...registry import UNIVERSAL
-from .base import FitSet, UniversalAttack, apply_perturbation, ascent_step, decayed_step, loss_gradient, project
+from .base import (FitSet, UniversalAttack, apply_perturbation, ascent_step, clipped_cross_entropy, decayed_step,
+                   loss_gradient, project)
 
 
-@UNIVERSAL.register("spgd", "stochastic PGD: sign/normalised ascent of clipped cross-entropy over mini-batches (Mummadi 2019)")
+@UNIVERSAL.register("spgd", "stochastic PGD: ascend clipped cross-entropy over mini-batches, project (Mummadi 2019)")
 class SPGD(UniversalAttack):
     """``SPGD(model, eps=10/255, norm="linf", epochs=5, batch_size=64, alpha=None, loss_clip=5.0, seed=None)``.
 
@@ -19,7 +19,7 @@ class SPGD(UniversalAttack):
     of min(CE(model(clamp(x+δ)), clean prediction), ``loss_clip``) with one step of ``alpha``: ``alpha·sign(∇)``
     (L∞) or ``alpha·∇/‖∇‖₂`` (L2), then project onto the eps ball. Clipping the per-image loss stops images that
     are already fooled (clean-class probability below e^-loss_clip) from steering δ. The step starts at
-    ``alpha`` (default eps/10) and decays linearly to alpha/10 over the run (early steps move δ, late ones refine)."""
+    ``alpha`` (default eps/4) and decays linearly to alpha/10 over the run (early steps move δ, late ones refine)."""
 
     name = "spgd"
     iters_arg = "epochs"
@@ -36,14 +36,13 @@ class SPGD(UniversalAttack):
         fs = FitSet.from_data(data)
         labels, dev, g = self.clean_labels(fs), self.device, self.generator()
         total = self.epochs * len(fs.chunks(self.batch_size))
-        a0 = self.alpha if self.alpha is not None else self.eps / 10
+        a0 = self.alpha if self.alpha is not None else self.eps / 4
         delta = torch.zeros(fs.shape, device=dev)
         for t, (e, idx, end) in enumerate(self.shuffled_batches(fs, self.epochs, g)):
             x, y = fs.get(idx, dev), labels[idx].to(dev)
             delta.requires_grad_(True)
             with torch.enable_grad():
-                ce = F.cross_entropy(self.model(apply_perturbation(x, delta)), y, reduction="none")
-                loss = ce.clamp(max=self.loss_clip).mean()
+                loss = clipped_cross_entropy(self.model(apply_perturbation(x, delta)), y, self.loss_clip)
                 grad = loss_gradient(loss, delta)
             step = decayed_step(a0, t, total)
             delta = project(ascent_step(delta.detach(), grad, step, self.norm), self.eps, self.norm)
