@@ -56,7 +56,10 @@ def fit_cached(cache: Path, key: dict[str, Any], model: nn.Module, images: torch
         return load_perturbation(npy)
     t0 = time.time()
     cls = UNIVERSAL.get(key["method"])
-    kw = {"show_progress": False} if "show_progress" in inspect.signature(cls).parameters else {}
+    params = inspect.signature(cls).parameters
+    kw = {k: key[k] for k in ("max_passes",) if k in params and k in key}
+    if "show_progress" in params:
+        kw["show_progress"] = False
     delta = cls(model, eps=key["eps"], norm="linf", seed=key["seed"], **kw).fit(images)
     cache.mkdir(parents=True, exist_ok=True)
     save_perturbation(npy, delta)
@@ -79,6 +82,8 @@ def main() -> None:
     ap.add_argument("--strengths", default="1.5,2,2.5", help="multiples of eps for the stronger UAPs")
     ap.add_argument("--unseen", default="spgd,fff,gap", help="unseen universal attacks")
     ap.add_argument("--defenses", default="jpeg,bit-depth,median,tvm,resize-pad", help="input-transform baselines")
+    ap.add_argument("--max-passes", type=int, default=3,
+                    help="UAP passes over the fit images at most (it also stops at 80%% fooling)")
     ap.add_argument("--data-root", default=None)
     ap.add_argument("--cache", default=".cache/fru-bench", help="folder for the fitted perturbations")
     ap.add_argument("--threads", type=int, default=None)
@@ -111,6 +116,8 @@ def main() -> None:
         def fit(method: str, model_name: str, model: nn.Module, e: float, seed: int) -> torch.Tensor:
             key = {"model": model_name, "method": method, "eps": e, "eps_255": round(e * 255, 2), "seed": seed,
                    "fit_images": args.fit_images, "data": "fashion-mnist test[5000:]"}
+            if method == "uap":
+                key["max_passes"] = args.max_passes
             return fit_cached(cache, key, model, fit_x)
 
         groups: dict[str, list[str]] = {"seen": [], "stronger": [], "unseen": [], "white-box": []}
@@ -176,7 +183,7 @@ def main() -> None:
         f"## FRU: universal perturbations and selective feature regeneration (Fashion-MNIST, first {args.n} test images)",
         "", f"Command: `{command.strip()}`", f"Machine: {machine()}",
         f"Total time: {time.time() - t_start:.0f} s. Perturbations (L∞, eps {args.eps:g}/255 unless scaled) fitted "
-        f"on test[5000:{5000 + args.fit_images}] against the base network (gray-box: the attacker knows the base, "
+        f"on test[5000:{5000 + args.fit_images}] (UAP: at most {args.max_passes} passes or 80 % fooling) against the base network (gray-box: the attacker knows the base, "
         "not the FRUs), except the white-box line (fitted through the FRU model). Restoration accuracy = (defended "
         "clean + defended perturbed top-1) / (2 × base clean top-1); 'no defense' is the base itself. Input "
         "transforms at their registry defaults, in front of the base.", "",

@@ -203,3 +203,24 @@ def test_eval_cli_with_universal_perturbations_and_fru_baseline(tmp_path, fake_f
     np.save(tmp_path / "wrong.npy", np.zeros((3, 28, 28), dtype=np.float32))
     assert main(["eval", "--models", "zoo:tiny-vgg", "--perturbations", str(tmp_path / "wrong.npy"),
                  "--data-root", str(fake_fmnist), "--n", "5", "--out", str(tmp_path / "o3")]) == 2
+
+
+# -- the shipped FRU models -------------------------------------------------------------------------------------
+from conftest import needs_fmnist  # noqa: E402
+
+
+@needs_fmnist
+@pytest.mark.parametrize("name", ["fmnist-vgg-fru", "fmnist-resnet-fru"])
+def test_shipped_fru_models_load_offline_and_reproduce_their_cards(name, one_thread):
+    from advshield.data import fashion_mnist
+    from advshield.train.classifier import evaluate_accuracy
+
+    net = load_model(f"zoo:{name}")
+    card = net.card
+    assert isinstance(net, FRUNet) and card["base"] == name[: -len("-fru")]
+    assert card["training"]["attack"] == "uap" and card["training"]["eps"] == pytest.approx(0.1)
+    test = fashion_mnist("test").subset(card["metrics"]["eval_images"])
+    acc = evaluate_accuracy(net, test)
+    assert abs(acc - card["metrics"]["clean_accuracy"]) <= 1e-3  # thread-count rounding only
+    base_acc = evaluate_accuracy(load_model(f"zoo:{card['base']}"), test)
+    assert base_acc - acc <= 0.01  # the goal: clean accuracy within 1 point of the base
