@@ -20,6 +20,8 @@ def test_registered_architectures_shapes(name, channels, size):
         assert out.ndim == 4 and out.shape[0] == 1
         return
     args = {"in_channels": channels}
+    if name == "fru":  # a wrapper: FRUs on a VGG base
+        args = {"base_arch": "vgg", "base_args": {"in_channels": channels}}
     if name == "lenet":
         args["image_size"] = size
     model = MODELS.get(name)(**args).eval()

@@ -107,6 +107,9 @@ class FRUNet(nn.Module):
         for name in names:
             _set_module(self.base, name, RegeneratedConv(modules[name], fraction, depth))
         self.layers, self.fraction, self.depth = names, fraction, depth
+        inner = getattr(base, "default_feature_layer", None)
+        if isinstance(inner, str):  # feature attacks (SSP) find the same layer inside the wrapper
+            self.default_feature_layer = f"base.{inner}"
 
     def train(self, mode: bool = True) -> "FRUNet":
         """Only the FRUs switch mode; the frozen base keeps its BN statistics and dropout off."""
@@ -135,9 +138,9 @@ def insert_frus(model: nn.Module, layers: Sequence[str] | None = None, k: int = 
 
 
 @MODELS.register("fru", "selective feature regeneration (FRU) on a zoo classifier's conv layers (Borkar 2020)")
-def build_fru_net(base_arch: str, base_args: dict[str, Any], layers: Sequence[str], fraction: float = 0.5,
-                  depth: int | None = None) -> FRUNet:
+def build_fru_net(base_arch: str, base_args: dict[str, Any], layers: Sequence[str] | None = None,
+                  fraction: float = 0.5, depth: int | None = None, k: int = 6) -> FRUNet:
     """The FRU network of a saved card: the base architecture (random weights, filled by the checkpoint,
     as is the channel ``index`` of every regenerated conv) with FRUs on ``layers``."""
     base = MODELS.get(base_arch)(**base_args)
-    return FRUNet(base, layers, fraction=fraction, depth=depth)
+    return FRUNet(base, layers, k=k, fraction=fraction, depth=depth)
