@@ -33,7 +33,7 @@ def test_paper_parameter_counts(config, expected):
 
 def test_named_configs_are_registered_architectures():
     assert {"nrp-paper", "resg-paper", "nrp-small", "resg-small"} <= set(NRP_CONFIGS)
-    assert set(PURIFIERS.names()) == {"nrp", "resg"}
+    assert {"nrp", "resg"} <= set(PURIFIERS.names())
     for arch, args in NRP_CONFIGS.values():
         with torch.device("meta"):
             assert isinstance(PURIFIERS.get(arch)(**args), nn.Module)
