@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from ..registry import DEFENSES
+from .autoencoder import ConvAutoencoder, ConvVAE  # noqa: F401  (registers the ae/vae purifier architectures)
 from .base import Defense
 from .purifier import load_purifier
 

@@ -57,15 +57,15 @@ class AutoencoderConfig:
     model: str = "zoo:fmnist-lenet"  # the frozen classifier the adversaries are made against
     data: str = "fashion-mnist"  # a labelled dataset name (train split; test split for the final metrics)
     attacks: list[str] = field(default_factory=lambda: ["fgsm", "pgd"])
-    eps_min: float = 0.0
-    eps_max: float = 0.3
-    pgd_steps: int = 10
-    clean_fraction: float = 0.25
-    steps: int = 3000
+    eps_min: float = 5 / 255
+    eps_max: float = 51 / 255
+    pgd_steps: int = 3
+    clean_fraction: float = 0.67
+    steps: int = 7000
     epochs: int | None = None
-    batch_size: int = 64
+    batch_size: int = 96
     lr: float = 1e-3
-    beta: float = 1.0  # VAE only
+    beta: float = 0.1  # VAE only: weight of the per-pixel KL
     eval_eps: float = 0.1
     eval_images: int = 500
     save_every: int = 200
@@ -292,7 +292,8 @@ def train_autoencoder(cfg: AutoencoderConfig, out_dir: str | Path, work_dir: str
                                             cfg.eval_eps, cfg.seed, device))
         metrics.update(eval_images=min(cfg.eval_images, len(test)), eval_eps=round(cfg.eval_eps, 6),
                        eval_set=f"{cfg.data} test[:{min(cfg.eval_images, len(test))}], classifier {cfg.model}")
-        log(f"{cfg.name}: clean {metrics['clean_accuracy']:.4f} (undefended {metrics['clean_accuracy_undefended']:.4f}),"
+        log(f"{cfg.name}: clean {metrics['clean_accuracy']:.4f} "
+            f"(undefended {metrics['clean_accuracy_undefended']:.4f}),"
             f" FGSM {metrics['fgsm_accuracy']:.4f} ({metrics['fgsm_accuracy_undefended']:.4f}), PGD-40 "
             f"{metrics['pgd_accuracy']:.4f} ({metrics['pgd_accuracy_undefended']:.4f}) at eps {cfg.eval_eps:g}")
     net = trainer.net.cpu().eval()
