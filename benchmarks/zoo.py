@@ -33,12 +33,14 @@ def zoo_section() -> str:
         params = sum(p.numel() for p in model.parameters())
         tr = card.get("training", {})
         rows.append([f"zoo:{card['name']}", card["architecture"], f"{params:,}", f"{correct / len(test):.4f}",
-                     f"{card['metrics']['clean_accuracy']:.4f}", str(tr.get("epochs", "")),
+                     f"{card['metrics']['clean_accuracy']:.4f}"
+                     + (f" (first {card['metrics']['eval_images']})" if "eval_images" in card["metrics"] else ""),
+                     str(tr.get("epochs", tr.get("steps", ""))),
                      f"{tr.get('train_time_s', 0) / 60:.1f} min", f"`{card['command']}`"])
     return "\n".join([
         "## Model zoo (Fashion-MNIST, full 10,000-image test set)", "",
         "Command: `.venv/bin/python benchmarks/zoo.py`", f"Machine: {machine()}", "",
-        markdown_table(["model", "family", "parameters", "top-1 (measured now)", "top-1 (card)", "epochs",
+        markdown_table(["model", "family", "parameters", "top-1 (measured now)", "top-1 (card)", "epochs/steps",
                         "training time", "training command"], rows), ""])
 
 
