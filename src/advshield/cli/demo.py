@@ -21,7 +21,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        "defended zoo classifier is evaluated on them. Writes OUT/report.md and OUT/report.json.")
     p.add_argument("--out", default="demo-out", help="output directory (default demo-out)")
     p.add_argument("--models", type=csv_list, default=None,
-                   help="zoo names to use (default: every Fashion-MNIST classifier in the zoo)")
+                   help="zoo names to use (default: every plain Fashion-MNIST classifier in the zoo, not the FRU models)")
     p.add_argument("--data-root", default=None, help="directory holding the Fashion-MNIST files")
     p.add_argument("--ssp-steps", type=positive_int, default=20,
                    help="SSP iterations in the demo (default 20, to fit the 5-minute budget; the paper uses 100)")
@@ -39,7 +39,8 @@ def run(args: argparse.Namespace) -> int:
     check_names("attack", attacks, ATTACKS.names())
     check_names("defense", defenses, DEFENSES.names())
     names = args.models or [c["name"] for c in zoo_cards()
-                            if c["kind"] == "classifier" and c["dataset"] == "fashion-mnist"]
+                            if c["kind"] == "classifier" and c["dataset"] == "fashion-mnist"
+                            and "base" not in c]  # FRU models (a base + FRUs) are evaluated by benchmarks/fru.py
     if not names:
         raise AdvshieldError("the zoo holds no Fashion-MNIST classifier")
     models = {n: load_model(f"zoo:{n}") for n in names}
