@@ -136,6 +136,27 @@ def test_resume_after_interruption_matches_uninterrupted_run(tmp_path, fake_fmni
         ta.train_autoencoder(cfg(fake_fmnist, eval_images=0, eps_max=0.1), tmp_path / "b", log=quiet)
 
 
+@pytest.mark.parametrize("kind", ["ae", "vae"])
+def test_guide_term_is_the_classifier_kl_and_is_logged(fake_fmnist, tiny_zoo, tiny_arch, kind):
+    def trainer(c):
+        net, _ = ta.build_net(c)
+        train, _ = ta._load_data(c, 1, 28)
+        return ta.AutoencoderTrainer(c, net, load_model(c.model), train, torch.device("cpu"))
+
+    tr = trainer(cfg(fake_fmnist, kind=kind, arch=f"{kind}-tiny", guide=0.5))
+    x = torch.rand(4, 1, 28, 28)
+    assert float(tr.guide_loss(x, x)) == pytest.approx(0.0, abs=1e-6)  # same logits: no divergence
+    p, q = tr.classifier(x).softmax(1), tr.classifier(x.flip(0)).softmax(1)
+    manual = (p * (p.log() - q.log())).sum(1).mean()
+    assert float(tr.guide_loss(x, x.flip(0))) == pytest.approx(float(manual), rel=1e-4)
+    frozen = [t.detach().clone() for t in tr.classifier.parameters()]
+    out = tr.step(1)
+    assert "guide" in out and out["guide"] >= 0 and torch.isfinite(torch.tensor(out["loss"]))
+    assert out["loss"] >= out["mse"] + 0.5 * out["guide"] - 1e-6  # the term is in the optimised loss
+    assert all(torch.equal(a, b) for a, b in zip(frozen, tr.classifier.parameters()))
+    assert "guide" not in trainer(cfg(fake_fmnist, kind=kind, arch=f"{kind}-tiny")).step(1)
+
+
 def test_cli_bad_input_is_one_line_exit_2(tmp_path, fake_fmnist, tiny_zoo, tiny_arch, capsys):
     def err(argv, needle):
         assert main(["train", "autoencoder", *argv]) == 2
@@ -149,6 +170,7 @@ def test_cli_bad_input_is_one_line_exit_2(tmp_path, fake_fmnist, tiny_zoo, tiny_
     err([*base, "--eps-min", "30", "--eps-max", "10"], "eps-min")
     err([*base, "--kind", "vae"], "is for --kind ae, not vae")
     err([*base, "--clean-fraction", "1.5"], "clean fraction")
+    err([*base, "--guide", "-1"], "guide must be non-negative")
     err([*base, "--data", "photos"], "unknown labelled dataset")
     err(base[2:], "give --name")
     err([*base, "--model", "zoo:nope"], "unknown zoo model 'nope'")

@@ -42,6 +42,9 @@ def add_autoencoder_parser(tsub: argparse._SubParsersAction) -> None:
     p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
     p.add_argument("--beta", type=float, default=0.1, help="vae only: weight of the per-pixel KL term "
                    "(default 0.1; 1 = the ELBO of a Gaussian decoder with variance 1/2)")
+    p.add_argument("--guide", type=float, default=0.0,
+                   help="weight of a classifier-guided term KL(f(x) || f(AE(input))) on the frozen --model "
+                   "(HGD-style, not in the seed; default 0 = pure reconstruction loss)")
     p.add_argument("--out-dir", default="zoo", help="where NAME.safetensors and NAME.json go (default zoo)")
     p.add_argument("--save-every", type=positive_int, default=200, help="checkpoint interval in steps (default 200)")
     p.add_argument("--log-every", type=positive_int, default=20, help="CSV/log interval in steps (default 20)")
@@ -67,7 +70,7 @@ def run_autoencoder(args: argparse.Namespace) -> int:
         name=args.name, kind=args.kind, arch=args.arch, latent_dim=args.latent_dim, latent_noise=args.latent_noise,
         model=args.model, data=args.data, attacks=args.attacks, eps_min=args.eps_min, eps_max=args.eps_max,
         pgd_steps=args.pgd_steps, clean_fraction=args.clean_fraction, steps=args.steps, epochs=args.epochs,
-        batch_size=args.batch_size, lr=args.lr, beta=args.beta, eval_eps=args.eval_eps,
+        batch_size=args.batch_size, lr=args.lr, beta=args.beta, guide=args.guide, eval_eps=args.eval_eps,
         eval_images=args.eval_images, save_every=args.save_every, log_every=args.log_every, seed=args.seed,
         device=args.device, data_root=args.data_root, threads=args.threads)
     check_config(cfg)

@@ -9,6 +9,10 @@ attacked against the frozen classifier with one attack from ``attacks`` (FGSM, o
   batch; dividing by the pixel count puts it on the per-pixel MSE's scale, so β = 1 is the ELBO of a Gaussian
   decoder with variance ½).
 
+Optional ``guide`` > 0 adds a classifier-guided term (in the spirit of HGD, Liao et al. 2018; not in the seed):
+``guide · KL(softmax f(x) ‖ softmax f(purified))`` with f the frozen classifier, averaged over the batch — the
+reconstruction keeps what the classifier reads from the clean image. The seed's loss is ``guide = 0`` (default).
+
 Adam; the shared loop :func:`advshield.train.loop.run_steps` checkpoints and resumes. All randomness of step k
 (batch indices, attack choice, eps, PGD start, latent noise) comes from generators seeded by (seed, k), so a
 resumed run equals the uninterrupted one.
@@ -66,6 +70,7 @@ class AutoencoderConfig:
     batch_size: int = 96
     lr: float = 1e-3
     beta: float = 0.1  # VAE only: weight of the per-pixel KL
+    guide: float = 0.0  # weight of the classifier-guided KL term (0: the seed's pure reconstruction loss)
     eval_eps: float = 0.1
     eval_images: int = 500
     save_every: int = 200
@@ -113,8 +118,8 @@ def check_config(cfg: AutoencoderConfig) -> None:
         raise AdvshieldError(f"epochs must be a positive integer, not {cfg.epochs!r}")
     if cfg.latent_dim is not None and cfg.latent_dim < 1:
         raise AdvshieldError(f"latent dim must be a positive integer, not {cfg.latent_dim!r}")
-    if (cfg.latent_noise or 0) < 0 or cfg.beta < 0 or not cfg.lr > 0:
-        raise AdvshieldError("latent noise and beta must be non-negative and the learning rate positive")
+    if (cfg.latent_noise or 0) < 0 or cfg.beta < 0 or cfg.guide < 0 or not cfg.lr > 0:
+        raise AdvshieldError("latent noise, beta and guide must be non-negative and the learning rate positive")
     if cfg.kind == "vae" and cfg.latent_noise is not None:
         raise AdvshieldError("--latent-noise is for --kind ae (a VAE samples its latent by design)")
     if cfg.data not in DATASETS or cfg.data == "photos":
@@ -194,6 +199,12 @@ class AutoencoderTrainer:
         atk.seed = step_seed(cfg.seed, step, _ADV)
         return torch.cat([x[:n_clean], atk(x[n_clean:], y[n_clean:])]), {"eps": eps * 255}
 
+    def guide_loss(self, x: torch.Tensor, recon: torch.Tensor) -> torch.Tensor:
+        """KL(softmax f(x) ‖ softmax f(recon)) averaged over the batch (f frozen; gradient flows to recon)."""
+        with torch.no_grad():
+            target = F.log_softmax(self.classifier(x), 1)
+        return F.kl_div(F.log_softmax(self.classifier(recon), 1), target, log_target=True, reduction="batchmean")
+
     def step(self, step: int) -> dict[str, float]:
         """One Adam update on step ``step``'s batch; returns {"loss", "mse", ("kl"), "eps" (0-255)}."""
         x, y = self.batch(step)
@@ -208,8 +219,13 @@ class AutoencoderTrainer:
             loss = mse + self.cfg.beta * kl_px
             out["kl"] = float(kl.mean().detach())
         else:
-            mse = F.mse_loss(self.net(x_in, generator=noise), x)
+            recon = self.net(x_in, generator=noise)
+            mse = F.mse_loss(recon, x)
             loss = mse
+        if self.cfg.guide > 0:
+            guide = self.guide_loss(x, recon)
+            loss = loss + self.cfg.guide * guide
+            out["guide"] = float(guide.detach())
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
@@ -263,6 +279,11 @@ def _load_data(cfg: AutoencoderConfig, channels: int, size: int) -> tuple[Tensor
     return train, test
 
 
+def _loss_text(cfg: AutoencoderConfig) -> str:
+    text = "MSE(x, AE(x_in))" if cfg.kind == "ae" else "MSE(x, D(z)) + beta * KL / (C*H*W)"
+    return text + (" + guide * KL(softmax f(x) || softmax f(AE(x_in)))" if cfg.guide > 0 else "")
+
+
 def train_autoencoder(cfg: AutoencoderConfig, out_dir: str | Path, work_dir: str | Path | None = None,
                       resume: bool = True, command: str | None = None,
                       log: Callable[[str], None] = print) -> dict[str, Any]:
@@ -306,8 +327,7 @@ def train_autoencoder(cfg: AutoencoderConfig, out_dir: str | Path, work_dir: str
         "metrics": metrics,
         "training": {**{k: v for k, v in asdict(cfg).items() if k not in ("data_root", "device", "threads",
                                                                           "arch_args")},
-                     "total_steps": steps, "loss": "MSE(x, AE(x_in))" if cfg.kind == "ae"
-                     else "MSE(x, D(z)) + beta * KL / (C*H*W)",
+                     "total_steps": steps, "loss": _loss_text(cfg),
                      "train_time_s": round(result.elapsed, 1), "device": str(device), "torch": torch.__version__},
         "command": command or " ".join(shlex.quote(a) for a in sys.argv),
     }
