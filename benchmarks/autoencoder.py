@@ -145,6 +145,19 @@ def whitebox_lines(rows: Rows, wb: Rows, eps: float, defenses: list[str], source
     return out
 
 
+def loss_lines(cards: dict[str, dict[str, Any]]) -> list[str]:
+    """One sentence naming each purifier's training loss, flagging the classifier-guided term (not in the seed)."""
+    losses = "; ".join(f"{k} `{c.get('training', {}).get('loss', '?')}`" for k, c in cards.items())
+    guides = {k: float(c.get("training", {}).get("guide", 0) or 0) for k, c in cards.items()}
+    note = ""
+    if any(guides.values()):
+        weights = ", ".join(f"{k} {g:g}" for k, g in guides.items() if g > 0)
+        note = (f" The guide term (weight {weights}) is this project's addition in the spirit of HGD (Liao et al. "
+                "2018), not the seed's loss: it keeps the frozen classifier's soft output on the clean image (no "
+                "labels); `--guide 0` trains the seed's pure reconstruction loss.")
+    return [f"Training losses: {losses}.{note}"]
+
+
 def train_time(spec: str) -> float | None:
     """``training.train_time_s`` of a purifier card (None when absent)."""
     from advshield.models.zoo import zoo_path
@@ -234,6 +247,7 @@ def main() -> None:
         f"inference, seeded); AE vanilla = the same weights with σ = 0; VAE = `{args.vae}` ({vae_card['config']}, "
         f"{vae_card['parameters']:,} parameters, posterior mean); NRP = `{args.nrp}`. Both autoencoders were trained "
         f"against {ae_card['training']['model']} (see their cards for the commands).", "",
+        *loss_lines({"AE": ae_card, "VAE": vae_card}), "",
         "### Goals", "",
         *goal_lines(rows, purifiers, source, wb_eps, times), "",
         f"### Attacks crafted on {source}, classified by {source} (purifier-unaware)", "",

@@ -203,13 +203,11 @@ def test_shipped_purifiers_load_offline_and_their_cards_are_measured(name):
     assert m["eval_images"] == 500 and m["clean_accuracy_undefended"] == pytest.approx(own, abs=1e-9)
     assert abs(defended - m["clean_accuracy"]) <= 0.01  # the AE's noise draws differ from training's eval order
     assert m["fgsm_accuracy"] >= 0.80 and m["pgd_accuracy"] >= 0.80  # issue 6's robust goal, purifier-unaware
-    assert defended >= own - 0.10  # regression guard; the 3-point goal is the xfail test below
+    assert m["clean_accuracy"] >= m["clean_accuracy_undefended"] - 0.03
 
 
 @needs_fmnist
-@pytest.mark.xfail(strict=True, reason="issue 6 goal not met: the MSE-trained purifiers cost lenet 7-9 points of "
-                   "clean accuracy (docs/RESULTS.md, autoencoder section)")
 @pytest.mark.parametrize("name", SHIPPED)
 def test_shipped_purifiers_keep_clean_accuracy_within_3_points(name):
     own, defended, _ = _lenet_accuracies(name)
-    assert defended >= own - 0.03
+    assert defended >= own - 0.03  # issue 6's clean-cost goal (both ship with the guide term, see their cards)
