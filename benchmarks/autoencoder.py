@@ -140,8 +140,10 @@ def whitebox_lines(rows: Rows, wb: Rows, eps: float, defenses: list[str], source
         adaptive = [wb[k]["robust_accuracy"] for k in ((f"pgd40@{eps:.4f}", f"adaptive-{m}", d, source)
                                                        for m in ("full", "bpda")) if k in wb]
         worst = min(adaptive) if adaptive else float("nan")
+        verdict = (" No white-box protection: the full gradient through the purifier finds adversaries as well as "
+                   "on the bare model." if worst <= bare + 0.05 else "")
         out.append(f"- {DEFENSE_LABELS[d]}: {pct(cell(rows, 'pgd40', eps, d, source, source))} % purifier-unaware → "
-                   f"{pct(worst)} % adaptive (worst of full/BPDA) vs {pct(bare)} % undefended white-box.")
+                   f"{pct(worst)} % adaptive (worst of full/BPDA) vs {pct(bare)} % undefended white-box.{verdict}")
     return out
 
 

@@ -281,7 +281,8 @@ def _load_data(cfg: AutoencoderConfig, channels: int, size: int) -> tuple[Tensor
 
 def _loss_text(cfg: AutoencoderConfig) -> str:
     text = "MSE(x, AE(x_in))" if cfg.kind == "ae" else "MSE(x, D(z)) + beta * KL / (C*H*W)"
-    return text + (" + guide * KL(softmax f(x) || softmax f(AE(x_in)))" if cfg.guide > 0 else "")
+    recon = "AE(x_in)" if cfg.kind == "ae" else "D(z)"
+    return text + (f" + guide * KL(softmax f(x) || softmax f({recon}))" if cfg.guide > 0 else "")
 
 
 def train_autoencoder(cfg: AutoencoderConfig, out_dir: str | Path, work_dir: str | Path | None = None,
