@@ -62,6 +62,7 @@ DEFENSE_LABELS = {"none": "none", "jpeg": "JPEG", "bit-depth": "bit depth", "med
                   "resize-pad": "R&P", "nrp": "NRP", "nrp-resg": "NRP-ResG", "nrp-dynamic": "NRP dyn."}
 LABELS = {**LABELS, "pgd": "PGD"}
 TRANSFER_GOAL, CLEAN_GOAL = 5.0, 2.0  # points
+TIME_GOAL_S = 45 * 60  # training zoo:nrp-fmnist on the 2-core machine
 
 
 # -- building -----------------------------------------------------------------------------------------------
@@ -225,6 +226,17 @@ def goal_sentences(rows: Rows, targets: list[str], purifiers: list[str],
     return out
 
 
+def time_sentences(purifiers: dict[str, nn.Module]) -> list[str]:
+    """Training time from each purifier card (``training.train_time_s``) against the 45-minute goal."""
+    out = []
+    for label, p in purifiers.items():
+        t = (getattr(p, "card", None) or {}).get("training", {}).get("train_time_s")
+        if t is not None:
+            out.append(f"- {label}: training time ≤ {TIME_GOAL_S // 60} min — "
+                       f"{'met' if t <= TIME_GOAL_S else 'not met'} ({t / 60:.1f} min, card's train_time_s).")
+    return out
+
+
 # -- main ---------------------------------------------------------------------------------------------------
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -337,7 +349,8 @@ def main() -> None:
         f"Gaussian noise σ {args.sigma:g} projected to ±{args.noise_eps:g}/255 (seeded). Input defenses at their "
         "registry defaults (JPEG quality 75, 4 bits, 3×3 median, TVM drop 0.5 / weight 0.03, R&P scale 1.15).", "",
         "### Goals", "",
-        *goal_sentences(rows, targets, list(PURIFIERS), pairs), "",
+        *goal_sentences(rows, targets, list(PURIFIERS), pairs),
+        *time_sentences({"NRP": nrp, "NRP-ResG": resg}), "",
         "### Clean accuracy through each defense", "",
         "Top-1 (%) on clean images; in brackets the change in points against no defense.", "",
         clean_table(rows, targets, table_defenses), "",

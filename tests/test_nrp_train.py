@@ -13,6 +13,8 @@ from advshield.defenses.purifier import load_purifier
 from advshield.errors import AdvshieldError
 from advshield.models import load_model
 
+from conftest import needs_fmnist
+
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -162,3 +164,23 @@ def test_cli_trains_and_refuses_to_overwrite(tmp_path, fake_fmnist, tiny_zoo, ti
     assert main(args) == 2 and "exists" in capsys.readouterr().err
     with pytest.raises(AdvshieldError):  # a purifier is not a classifier
         load_model(str(tmp_path / "c.safetensors"))
+
+
+@needs_fmnist
+@pytest.mark.parametrize("name", ["nrp-fmnist", "nrp-resg-fmnist"])
+def test_shipped_purifiers_load_offline_and_reproduce_their_card(name):
+    """The zoo purifier's card metrics (PSNR on seeded SSP adversaries of test[:256]) come back from its weights."""
+    purifier = load_purifier(f"zoo:{name}")
+    card, t = purifier.card, purifier.card["training"]
+    assert card["kind"] == "purifier" and t["feature_model"] == "zoo:fmnist-vgg" and t["adversary"] == "ssp"
+    fields = {f for f in tp.PurifierConfig.__dataclass_fields__}
+    c = tp.PurifierConfig(**{**{k: v for k, v in t.items() if k in fields}, "device": "cpu"})
+    c.betas = tuple(c.betas)
+    source, held_out, desc = tp.make_source(c, 1, quiet)
+    assert desc == card["metrics"]["eval_set"] and held_out is not None
+    model, layer, is_classifier, _ = tp.load_feature_model(c.feature_model, c.layer, quiet)
+    trainer = tp.PurifierTrainer(c, purifier.net, model, layer, is_classifier, torch.device("cpu"))
+    measured = tp.evaluate_purifier(trainer, held_out)
+    for k, v in measured.items():
+        assert v == pytest.approx(card["metrics"][k], abs=0.02), k
+    assert measured["psnr_purified"] > measured["psnr_adv"] + 1  # purification moves adversaries toward x
