@@ -159,6 +159,24 @@ def test_draw_perturbations_stay_within_budget():
                        tf.draw_perturbations(pool, 5, torch.Generator().manual_seed(1), 0.1, "linf", False))
 
 
+def test_zoomed_draws_are_smoother_and_within_budget():
+    gen = torch.Generator().manual_seed(0)
+    pool = (torch.rand(4, 1, 28, 28) * 2 - 1).sign() * 0.1  # a high-frequency ±eps pattern
+    plain = tf.draw_perturbations(pool, 32, torch.Generator().manual_seed(3), 0.1, "linf", True)
+    assert torch.equal(plain, tf.draw_perturbations(pool, 32, torch.Generator().manual_seed(3), 0.1, "linf", True,
+                                                    zoom=0.0))  # zoom 0 keeps the old draws (old recipes)
+    d = tf.draw_perturbations(pool, 32, gen, 0.1, "linf", True, zoom=1.0)
+    assert d.shape == plain.shape and float(d.abs().amax()) <= 0.1 + 1e-6
+    assert torch.allclose(d.flatten(1).abs().amax(1), torch.full((32,), 0.1))  # rescaled to the budget
+
+    def roughness(x):  # mean absolute difference between horizontal neighbours, relative to the peak
+        return float((x[..., 1:] - x[..., :-1]).abs().mean() / x.abs().amax())
+
+    assert roughness(d) < 0.6 * roughness(pool)
+    z = tf.zoomed(pool[:1].expand(3, -1, -1, -1), gen, 0.5, "l2")
+    assert torch.allclose(z.flatten(1).norm(dim=1), torch.full((3,), 0.5), atol=1e-5)
+
+
 def test_cli_train_fru_and_errors(tmp_path, fake_fmnist, tiny_zoo, one_thread, capsys):
     args = ["train", "fru", "--model", "zoo:tiny-vgg", "--data-root", str(fake_fmnist), "--pool-size", "1",
             "--pool-images", "30", "--steps", "2", "--batch-size", "4", "--eval-images", "20",
@@ -167,6 +185,7 @@ def test_cli_train_fru_and_errors(tmp_path, fake_fmnist, tiny_zoo, one_thread, c
     assert (tmp_path / "z" / "tiny-vgg-fru.safetensors").exists()
     assert main(args) == 2 and "--overwrite" in capsys.readouterr().err
     for bad, msg in ((["--attack", "nope"], "unknown universal attack"), (["--fraction", "1.5"], "fraction"),
+                     (["--zoom", "2"], "zoom must be in [0, 1]"),
                      (["--model", "zoo:missing"], "missing"), (["--layers", "fc"], "not a conv layer")):
         assert main(args[:2] + ["--model", "zoo:tiny-vgg"] + args[4:-2] + ["--out-dir", str(tmp_path / "e")] + bad) == 2
         err = capsys.readouterr().err.strip().splitlines()

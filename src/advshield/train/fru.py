@@ -6,7 +6,10 @@
    images plus a perturbation drawn from the pool (per image). With ``synthetic`` on (default), half of the drawn
    perturbations are a random convex combination of two pool members rescaled to the budget, and every drawn
    perturbation is randomly shifted by up to 2 px and mirrored: cheap diversity from a small pool (our choice,
-   in the spirit of the paper's synthetic perturbations; the strength never exceeds the training eps).
+   in the spirit of the paper's synthetic perturbations; the strength never exceeds the training eps). With
+   ``zoom`` > 0, that share of the drawn perturbations is replaced by a random square crop of a pool member
+   (side ½–¾ of the image) upsampled bilinearly to full size and rescaled to the budget: lower-frequency
+   variants of the same UAPs (our choice; the network still only ever sees UAP-derived perturbations).
 3. Loss: cross-entropy of the base task on both halves; Adam on the FRU parameters only.
 
 The result is a zoo classifier ``NAME`` (architecture ``fru``, card field ``base``) holding base + FRU weights.
@@ -55,6 +58,7 @@ class FRUConfig:
     fraction: float = 0.5
     depth: int | None = None
     synthetic: bool = True
+    zoom: float = 0.0  # share of drawn perturbations replaced by zoomed-in (lower-frequency) UAP crops
     steps: int = 1500
     batch_size: int = 64
     lr: float = 1e-3
@@ -93,6 +97,8 @@ def check_config(cfg: FRUConfig) -> None:
             raise AdvshieldError(f"{key} must be a positive integer, not {getattr(cfg, key)!r}")
     if not 0 < cfg.fraction <= 1:
         raise AdvshieldError(f"fraction must be in (0, 1], not {cfg.fraction}")
+    if not 0 <= cfg.zoom <= 1:
+        raise AdvshieldError(f"zoom must be in [0, 1], not {cfg.zoom}")
 
 
 def fit_pool(cfg: FRUConfig, model: torch.nn.Module, train: TensorDataset, work: Path,
@@ -135,19 +141,40 @@ def _rescale(delta: torch.Tensor, eps: float, norm: str) -> torch.Tensor:
     return delta * (eps / size.clamp_min(1e-12)).view(-1, 1, 1, 1)
 
 
+def zoomed(delta: torch.Tensor, gen: torch.Generator, eps: float, norm: str) -> torch.Tensor:
+    """Per perturbation (B×C×H×W): a random square crop of side ½–¾ of min(H, W), upsampled bilinearly back to
+    H×W and rescaled to norm ``eps`` — the same pattern at a lower spatial frequency."""
+    b, _, h, w = delta.shape
+    out = torch.empty_like(delta)
+    for i in range(b):
+        side = int(torch.randint(min(h, w) // 2, 3 * min(h, w) // 4 + 1, (1,), generator=gen))
+        top = int(torch.randint(0, h - side + 1, (1,), generator=gen))
+        left = int(torch.randint(0, w - side + 1, (1,), generator=gen))
+        crop = delta[i : i + 1, :, top : top + side, left : left + side]
+        out[i] = F.interpolate(crop, size=(h, w), mode="bilinear", align_corners=False)[0]
+    return _rescale(out, eps, norm)
+
+
 def draw_perturbations(pool: torch.Tensor, n: int, gen: torch.Generator, eps: float, norm: str,
-                       synthetic: bool) -> torch.Tensor:
+                       synthetic: bool, zoom: float = 0.0) -> torch.Tensor:
     """``n`` perturbations (n×C×H×W) drawn from ``pool``; with ``synthetic``, half are convex combinations of
-    two members rescaled to ``eps``, and all are shifted ≤ 2 px and mirrored at random. Norm stays ≤ eps."""
+    two members rescaled to ``eps``, and all are shifted ≤ 2 px and mirrored at random; then a share ``zoom``
+    (0–1) is replaced by :func:`zoomed` crops of pool members. Norm stays ≤ eps."""
     first = pool[torch.randint(len(pool), (n,), generator=gen)]
-    if not synthetic:
-        return first
-    second = pool[torch.randint(len(pool), (n,), generator=gen)]
-    a = torch.rand(n, 1, 1, 1, generator=gen)
-    mixed = _rescale(a * first + (1 - a) * second, eps, norm)
-    use_mix = (torch.rand(n, generator=gen) < 0.5).view(-1, 1, 1, 1)
-    delta = torch.where(use_mix, mixed, first)
-    return augment_batch(delta, gen)  # zero padding: shifting never increases either norm
+    if synthetic:
+        second = pool[torch.randint(len(pool), (n,), generator=gen)]
+        a = torch.rand(n, 1, 1, 1, generator=gen)
+        mixed = _rescale(a * first + (1 - a) * second, eps, norm)
+        use_mix = (torch.rand(n, generator=gen) < 0.5).view(-1, 1, 1, 1)
+        delta = augment_batch(torch.where(use_mix, mixed, first), gen)  # zero padding: norms never grow
+    else:
+        delta = first
+    if zoom > 0:
+        pick = torch.rand(n, generator=gen) < zoom
+        if pick.any():
+            delta = delta.clone()
+            delta[pick] = zoomed(first[pick], gen, eps, norm)
+    return delta
 
 
 class FRUTrainer:
@@ -171,7 +198,7 @@ class FRUTrainer:
         idx = torch.randint(len(self.train_set), (cfg.batch_size,), generator=gen)
         x, y = to_float(self.train_set.images[idx]), self.train_set.labels[idx]
         delta = draw_perturbations(self.pool, len(x), step_generator(cfg.seed, step, _PERT), cfg.eps, cfg.norm,
-                                   cfg.synthetic)
+                                   cfg.synthetic, cfg.zoom)
         xb = torch.cat([x, (x + delta).clamp(0, 1)]).to(self.device)
         yb = torch.cat([y, y]).to(self.device)
         self.net.train()
