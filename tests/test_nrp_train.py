@@ -173,7 +173,7 @@ def test_shipped_purifiers_load_offline_and_reproduce_their_card(name):
     purifier = load_purifier(f"zoo:{name}")
     card, t = purifier.card, purifier.card["training"]
     assert card["kind"] == "purifier" and t["feature_model"] == "zoo:fmnist-vgg" and t["adversary"] == "ssp"
-    fields = {f for f in tp.PurifierConfig.__dataclass_fields__}
+    fields = set(tp.PurifierConfig.__dataclass_fields__)
     c = tp.PurifierConfig(**{**{k: v for k, v in t.items() if k in fields}, "device": "cpu"})
     c.betas = tuple(c.betas)
     source, held_out, desc = tp.make_source(c, 1, quiet)

@@ -280,8 +280,8 @@ def _load_data(cfg: AutoencoderConfig, channels: int, size: int) -> tuple[Tensor
 
 
 def _loss_text(cfg: AutoencoderConfig) -> str:
-    text = "MSE(x, AE(x_in))" if cfg.kind == "ae" else "MSE(x, D(z)) + beta * KL / (C*H*W)"
     recon = "AE(x_in)" if cfg.kind == "ae" else "D(z)"
+    text = f"MSE(x, {recon})" + (" + beta * KL / (C*H*W)" if cfg.kind == "vae" else "")
     return text + (f" + guide * KL(softmax f(x) || softmax f({recon}))" if cfg.guide > 0 else "")
 
 
