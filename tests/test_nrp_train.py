@@ -184,3 +184,39 @@ def test_shipped_purifiers_load_offline_and_reproduce_their_card(name):
     for k, v in measured.items():
         assert v == pytest.approx(card["metrics"][k], abs=0.02), k
     assert measured["psnr_purified"] > measured["psnr_adv"] + 1  # purification moves adversaries toward x
+
+
+def test_strength_mix_scales_each_sample_and_keeps_the_clean_share():
+    x = torch.rand(8, 1, 6, 6) * 0.8 + 0.1
+    x_adv = (x + 0.1 * torch.randn_like(x).sign()).clamp(0, 1)
+    c = tp.PurifierConfig(name="p", eps=0.1, eps_min=0.02, clean_fraction=0.25)
+    out = tp.mix_strengths(x, x_adv, c, step=3)
+    assert torch.equal(out, tp.mix_strengths(x, x_adv, c, step=3))  # seeded by (seed, step)
+    assert not torch.equal(out, tp.mix_strengths(x, x_adv, c, step=4))
+    assert torch.equal(out[:2], x[:2]) and not torch.equal(out[2], x[2])  # 25 % of 8 stay clean
+    scale = ((out - x).abs().flatten(1).amax(1) / 0.1)[2:]
+    assert bool(((scale >= 0.2 - 1e-5) & (scale <= 1 + 1e-5)).all()) and scale.std() > 0.01
+    # off by default: the paper's recipe sees the attack's output untouched
+    assert tp.mix_strengths(x, x_adv, tp.PurifierConfig(name="p", eps=0.1), step=3) is x_adv
+
+
+def test_strength_mix_flags_are_checked():
+    with pytest.raises(AdvshieldError, match="eps-min"):
+        tp.check_config(tp.PurifierConfig(name="p", eps=0.1, eps_min=0.2))
+    with pytest.raises(AdvshieldError, match="clean fraction"):
+        tp.check_config(tp.PurifierConfig(name="p", eps=0.1, clean_fraction=1.0))
+
+
+def test_adversary_mix_splits_the_batch_among_its_kinds(tiny_zoo, tiny_arch):
+    c = tp.PurifierConfig(name="s", arch="nrp-tiny", feature_model="zoo:tiny-vgg", ssp_steps=2, critic_width=2,
+                          device="cpu", adversary="ssp+gaussian+mi-di")
+    model, layer, is_cls, _ = tp.load_feature_model(c.feature_model, None, quiet)
+    mix = tp.Adversary(c, model, layer, is_cls)
+    assert [type(p.attack).__name__ for p in mix.parts] == ["SSP", "NoneType", "MIDIFGSM"]
+    x = torch.rand(7, 1, 28, 28)
+    out = mix(x, 5)
+    assert out.shape == x.shape and (out - x).abs().max() <= c.eps + 1e-6
+    for part, chunk, got in zip(mix.parts, x.tensor_split(3), out.tensor_split(3)):
+        assert torch.equal(got, part(chunk, 5))  # each part is that kind's own (seeded) adversary
+    with pytest.raises(AdvshieldError, match="unknown adversary 'pgd'"):
+        tp.check_config(tp.PurifierConfig(name="p", adversary="ssp+pgd"))

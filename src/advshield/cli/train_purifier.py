@@ -34,7 +34,13 @@ def add_purifier_parser(tsub: argparse._SubParsersAction) -> None:
     p.add_argument("--eps", type=pixels, default=16 / 255, help="L∞ budget of the adversaries, 0-255 (default 16)")
     p.add_argument("--ssp-steps", type=positive_int, default=10, help="SSP iterations per batch (default 10)")
     p.add_argument("--ssp-alpha", type=pixels, default=2 / 255, help="SSP step, 0-255 (default 2)")
-    p.add_argument("--adversary", default="ssp", help="ssp (default), gaussian (GNP ablation), fgsm (FGSP ablation)")
+    p.add_argument("--adversary", default="ssp", help="ssp (default), gaussian (GNP ablation), fgsm (FGSP ablation), mi-di (extension: DIM on the "
+                   "feature classifier's predictions), or several joined by + (the batch is split among them)")
+    p.add_argument("--eps-min", type=pixels, default=None,
+                   help="extension (not in the paper): rescale each sample's perturbation to a budget drawn from "
+                   "[eps-min, eps], 0-255 (default: off, all at eps)")
+    p.add_argument("--clean-fraction", type=float, default=0.0,
+                   help="extension (not in the paper): share of each batch left clean, 0-1 (default 0)")
     p.add_argument("--no-feat", action="store_true", help="ablation: drop the feature loss")
     p.add_argument("--no-pixel", action="store_true", help="ablation: drop the pixel loss")
     p.add_argument("--vanilla-gan", action="store_true", help="ablation: vanilla instead of relativistic GAN loss")
@@ -68,7 +74,8 @@ def run_purifier(args: argparse.Namespace) -> int:
     cfg = PurifierConfig(
         name=args.name, arch=args.arch, data=args.data, feature_model=args.feature_model, layer=args.layer,
         steps=args.steps, batch_size=args.batch_size, crop=args.crop, eps=args.eps, ssp_steps=args.ssp_steps,
-        ssp_alpha=args.ssp_alpha, adversary=args.adversary, no_feat=args.no_feat, no_pixel=args.no_pixel,
+        ssp_alpha=args.ssp_alpha, adversary=args.adversary,
+        eps_min=args.eps_min, clean_fraction=args.clean_fraction, no_feat=args.no_feat, no_pixel=args.no_pixel,
         vanilla_gan=args.vanilla_gan, critic_width=args.critic_width, lr=args.lr,
         alpha_adv=args.alpha_adv, gamma_img=args.gamma_img, lambda_feat=args.lambda_feat, save_every=args.save_every,
         log_every=args.log_every, eval_images=args.eval_images, seed=args.seed, device=args.device, amp=args.amp,

@@ -9,6 +9,10 @@ feature extractor F (SSP by default); the purifier P maps x' to x̂ = P(x'); the
 - the critic C is updated to tell x from x̂ (detached) with the mirrored RaGAN loss
   ½·mean[−log σ(C(x) − mean C(x̂)) − log(1 − σ(C(x̂) − mean C(x)))].
 
+Extensions, off by default (not in the paper): ``eps_min`` rescales each sample's perturbation x' − x by a
+factor drawn uniformly from [eps_min/eps, 1] (a mix of strengths up to eps from one attack run), and
+``clean_fraction`` leaves that share of each batch clean, so the purifier also learns to pass clean images.
+
 Ablations: ``no_feat`` (λ = 0), ``no_pixel`` (γ = 0), ``vanilla_gan`` (non-relativistic GAN:
 −log σ(C(x̂)) for P, ½·[−log σ(C(x)) − log(1 − σ(C(x̂)))] for C), ``adversary`` = "gaussian" (GNP: noise of
 std eps/2 clipped to ±eps) or "fgsm" (FGSP: FGSM on the feature model when it is a classifier, else SSP with
@@ -45,13 +49,14 @@ from ..errors import AdvshieldError, DataError
 from ..models import load_model
 from ..models.checkpoint import save_checkpoint
 from ..models.vgg16 import VGG16Features
+from ..registry import ATTACKS
 from ..utils import pick_device, seed_everything
 from .classifier import augment_batch
 from .loop import run_steps, step_generator, step_seed
 
-ADVERSARIES = ("ssp", "gaussian", "fgsm")
+ADVERSARIES = ("ssp", "gaussian", "fgsm", "mi-di")
 LOSS_KEYS = ("total", "feat", "img", "adv", "critic")
-_DATA, _ADV, _EVAL = 0, 1, 2  # streams of per-step randomness
+_DATA, _ADV, _EVAL, _MIX = 0, 1, 2, 3  # streams of per-step randomness
 
 
 @dataclass
@@ -70,6 +75,8 @@ class PurifierConfig:
     ssp_steps: int = 10
     ssp_alpha: float = 2 / 255
     adversary: str = "ssp"
+    eps_min: float | None = None  # each sample's perturbation rescaled to a budget drawn from [eps_min, eps]
+    clean_fraction: float = 0.0  # share of each batch left clean (the purifier also learns P(x) ≈ x)
     no_feat: bool = False
     no_pixel: bool = False
     vanilla_gan: bool = False
@@ -307,28 +314,59 @@ def load_feature_model(spec: str, layer: str | None, log: Callable[[str], None] 
 
 
 class Adversary:
-    """``adv(x, step)`` → x' for the clean batch x (device tensor), depending only on (seed, step)."""
+    """``adv(x, step)`` → x' for the clean batch x (device tensor), depending only on (seed, step).
 
-    def __init__(self, cfg: PurifierConfig, model: nn.Module, layer: str | None, is_classifier: bool) -> None:
-        self.kind, self.eps, self.seed = cfg.adversary, cfg.eps, cfg.seed
+    ``kind`` (default ``cfg.adversary``): "ssp", "gaussian", "fgsm", "mi-di" (DIM on the feature classifier's own
+    predictions: label-free), or several joined by "+" — the batch is then split into equal consecutive parts,
+    one per kind."""
+
+    def __init__(self, cfg: PurifierConfig, model: nn.Module, layer: str | None, is_classifier: bool,
+                 kind: str | None = None) -> None:
+        self.kind, self.eps, self.seed = kind or cfg.adversary, cfg.eps, cfg.seed
+        kinds = self.kind.split("+")
+        self.parts = [Adversary(cfg, model, layer, is_classifier, k) for k in kinds] if len(kinds) > 1 else []
+        self.attack: Any = None
+        if self.parts:
+            return
         if self.kind == "ssp":
-            self.attack: Any = SSP(model, eps=cfg.eps, alpha=cfg.ssp_alpha, steps=cfg.ssp_steps,
-                                   random_start=True, layer=layer)
+            self.attack = SSP(model, eps=cfg.eps, alpha=cfg.ssp_alpha, steps=cfg.ssp_steps,
+                              random_start=True, layer=layer)
         elif self.kind == "fgsm":
             self.attack = (FGSM(model, eps=cfg.eps) if is_classifier else
                            SSP(model, eps=cfg.eps, alpha=cfg.eps, steps=1, random_start=True, layer=layer))
-        elif self.kind == "gaussian":
-            self.attack = None
-        else:
-            raise AdvshieldError(f"unknown adversary {self.kind!r} (known: {', '.join(ADVERSARIES)})")
+        elif self.kind == "mi-di":
+            if not is_classifier:
+                raise AdvshieldError("adversary mi-di needs a classifier as --feature-model (it attacks its "
+                                     "predictions)")
+            self.attack = ATTACKS.get("mi-di").for_budget(model, cfg.eps)
+        elif self.kind != "gaussian":
+            raise AdvshieldError(f"unknown adversary {self.kind!r} (known: {', '.join(ADVERSARIES)}, or several "
+                                 "joined by +)")
 
     def __call__(self, x: torch.Tensor, step: int, stream: int = _ADV) -> torch.Tensor:
+        if self.parts:
+            chunks = x.tensor_split(len(self.parts))
+            return torch.cat([part(c, step, stream) if len(c) else c for part, c in zip(self.parts, chunks)])
         if self.attack is None:  # GNP: N(0, (eps/2)²) clipped to ±eps
             gen = step_generator(self.seed, step, stream)
             noise = torch.randn(x.shape, generator=gen).to(x.device, x.dtype) * (self.eps / 2)
             return (x + noise.clamp(-self.eps, self.eps)).clamp(0.0, 1.0)
         self.attack.seed = step_seed(self.seed, step, stream)
         return self.attack(x)
+
+
+def mix_strengths(x: torch.Tensor, x_adv: torch.Tensor, cfg: PurifierConfig, step: int, stream: int = _MIX
+                  ) -> torch.Tensor:
+    """x' = clamp(x + s·(x_adv − x)) with one s per sample: s ~ U[eps_min/eps, 1] (1 when ``eps_min`` is None),
+    and s = 0 for the first round(clean_fraction·B) samples. x, x_adv: B×C×H×W in [0,1]; seeded by (seed, step)."""
+    if cfg.eps_min is None and cfg.clean_fraction <= 0:
+        return x_adv
+    gen = step_generator(cfg.seed, step, stream)
+    lo = 1.0 if cfg.eps_min is None else cfg.eps_min / cfg.eps
+    s = lo + (1.0 - lo) * torch.rand(len(x), generator=gen)
+    s[: int(round(cfg.clean_fraction * len(x)))] = 0.0
+    s = s.to(x.device, x.dtype).view(-1, *([1] * (x.dim() - 1)))
+    return (x + s * (x_adv - x)).clamp(0.0, 1.0)
 
 
 def _features(extractor: SSP, x: torch.Tensor) -> torch.Tensor:
@@ -380,7 +418,7 @@ class PurifierTrainer:
         self.purifier.train()
         self.critic.train()
         with self.autocast():
-            x_adv = self.adversary(x, step)
+            x_adv = mix_strengths(x, self.adversary(x, step), self.cfg, step)
             with torch.no_grad():
                 f_real = _features(self.extractor, x).float()
         # purifier update (critic frozen)
@@ -463,15 +501,22 @@ def check_config(cfg: PurifierConfig) -> None:
     """One-line errors for settings that cannot work."""
     if cfg.arch not in NRP_CONFIGS:
         raise AdvshieldError(f"unknown purifier arch {cfg.arch!r} (known: {', '.join(sorted(NRP_CONFIGS))})")
-    if cfg.adversary not in ADVERSARIES:
-        raise AdvshieldError(f"unknown adversary {cfg.adversary!r} (known: {', '.join(ADVERSARIES)})")
+    for kind in cfg.adversary.split("+"):
+        if kind not in ADVERSARIES:
+            raise AdvshieldError(f"unknown adversary {kind!r} (known: {', '.join(ADVERSARIES)}, or several "
+                                 "joined by +)")
     for key in ("steps", "batch_size", "crop", "save_every", "log_every", "critic_width"):
         if int(getattr(cfg, key)) < 1:
             raise AdvshieldError(f"{key} must be a positive integer, not {getattr(cfg, key)!r}")
-    if cfg.adversary == "ssp" and cfg.ssp_steps < 1:
+    if "ssp" in cfg.adversary.split("+") and cfg.ssp_steps < 1:
         raise AdvshieldError("ssp_steps must be a positive integer")
     if not 0 < cfg.eps <= 1:
         raise AdvshieldError(f"eps must be in (0, 1] ([0,1] units), not {cfg.eps}")
+    if cfg.eps_min is not None and not 0 <= cfg.eps_min <= cfg.eps:
+        raise AdvshieldError(f"eps-min must be in [0, eps] = [0, {cfg.eps * 255:g}] (0-255 units), "
+                             f"not {cfg.eps_min * 255:g}")
+    if not 0 <= cfg.clean_fraction < 1:
+        raise AdvshieldError(f"clean fraction must be in [0, 1), not {cfg.clean_fraction}")
 
 
 def train_purifier(cfg: PurifierConfig, out_dir: str | Path, work_dir: str | Path | None = None,
