@@ -177,6 +177,17 @@ def test_zoomed_draws_are_smoother_and_within_budget():
     assert torch.allclose(z.flatten(1).norm(dim=1), torch.full((3,), 0.5), atol=1e-5)
 
 
+def test_negated_draws_flip_the_sign_of_a_share():
+    pool = torch.rand(4, 1, 28, 28) * 0.1  # all positive: a brightening pattern
+    plain = tf.draw_perturbations(pool, 64, torch.Generator().manual_seed(3), 0.1, "linf", True)
+    assert torch.equal(plain, tf.draw_perturbations(pool, 64, torch.Generator().manual_seed(3), 0.1, "linf", True,
+                                                    negate=0.0))  # negate 0 keeps the old draws (old recipes)
+    d = tf.draw_perturbations(pool, 64, torch.Generator().manual_seed(3), 0.1, "linf", True, negate=0.5)
+    flipped = d.flatten(1).sum(1) < 0
+    assert 16 <= int(flipped.sum()) <= 48  # about half
+    assert torch.equal(d[flipped], -plain[flipped]) and torch.equal(d[~flipped], plain[~flipped])
+
+
 def test_cli_train_fru_and_errors(tmp_path, fake_fmnist, tiny_zoo, one_thread, capsys):
     args = ["train", "fru", "--model", "zoo:tiny-vgg", "--data-root", str(fake_fmnist), "--pool-size", "1",
             "--pool-images", "30", "--steps", "2", "--batch-size", "4", "--eval-images", "20",
@@ -185,7 +196,7 @@ def test_cli_train_fru_and_errors(tmp_path, fake_fmnist, tiny_zoo, one_thread, c
     assert (tmp_path / "z" / "tiny-vgg-fru.safetensors").exists()
     assert main(args) == 2 and "--overwrite" in capsys.readouterr().err
     for bad, msg in ((["--attack", "nope"], "unknown universal attack"), (["--fraction", "1.5"], "fraction"),
-                     (["--zoom", "2"], "zoom must be in [0, 1]"),
+                     (["--zoom", "2"], "zoom must be in [0, 1]"), (["--negate", "-1"], "negate must be in [0, 1]"),
                      (["--model", "zoo:missing"], "missing"), (["--layers", "fc"], "not a conv layer")):
         assert main(args[:2] + ["--model", "zoo:tiny-vgg"] + args[4:-2] + ["--out-dir", str(tmp_path / "e")] + bad) == 2
         err = capsys.readouterr().err.strip().splitlines()

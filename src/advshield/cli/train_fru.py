@@ -31,6 +31,8 @@ def add_fru_parser(tsub: argparse._SubParsersAction) -> None:
     p.add_argument("--zoom", type=float, default=0.0,
                    help="share (0-1) of drawn perturbations replaced by zoomed-in crops of pool UAPs, rescaled to "
                    "the budget: lower-frequency variants (default 0)")
+    p.add_argument("--negate", type=float, default=0.0,
+                   help="share (0-1) of drawn perturbations used with the opposite sign (default 0)")
     p.add_argument("--steps", type=positive_int, default=1500)
     p.add_argument("--batch-size", type=positive_int, default=64)
     p.add_argument("--lr", type=float, default=1e-3)
@@ -53,7 +55,7 @@ def run_fru(args: argparse.Namespace) -> int:
     name = args.name or f"{base}-fru"
     cfg = FRUConfig(name=name, model=args.model, data=args.data, attack=args.attack, eps=args.eps, norm=args.norm,
                     pool_size=args.pool_size, pool_images=args.pool_images, layers=args.layers, k=args.k,
-                    fraction=args.fraction, depth=args.depth, synthetic=args.synthetic, zoom=args.zoom,
+                    fraction=args.fraction, depth=args.depth, synthetic=args.synthetic, zoom=args.zoom, negate=args.negate,
                     steps=args.steps, batch_size=args.batch_size, lr=args.lr, save_every=args.save_every,
                     eval_images=args.eval_images, seed=args.seed, device=args.device, data_root=args.data_root,
                     threads=args.threads)

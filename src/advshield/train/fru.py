@@ -9,7 +9,9 @@
    in the spirit of the paper's synthetic perturbations; the strength never exceeds the training eps). With
    ``zoom`` > 0, that share of the drawn perturbations is replaced by a random square crop of a pool member
    (side ½–¾ of the image) upsampled bilinearly to full size and rescaled to the budget: lower-frequency
-   variants of the same UAPs (our choice; the network still only ever sees UAP-derived perturbations).
+   variants of the same UAPs (our choice; the network still only ever sees UAP-derived perturbations). With
+   ``negate`` > 0, that share of the drawn perturbations is used with the opposite sign (our choice: UAPs fitted
+   on Fashion-MNIST are biased towards brightening; −δ has the same norm and spatial pattern).
 3. Loss: cross-entropy of the base task on both halves; Adam on the FRU parameters only.
 
 The result is a zoo classifier ``NAME`` (architecture ``fru``, card field ``base``) holding base + FRU weights.
@@ -59,6 +61,7 @@ class FRUConfig:
     depth: int | None = None
     synthetic: bool = True
     zoom: float = 0.0  # share of drawn perturbations replaced by zoomed-in (lower-frequency) UAP crops
+    negate: float = 0.0  # share of drawn perturbations used with the opposite sign
     steps: int = 1500
     batch_size: int = 64
     lr: float = 1e-3
@@ -99,6 +102,8 @@ def check_config(cfg: FRUConfig) -> None:
         raise AdvshieldError(f"fraction must be in (0, 1], not {cfg.fraction}")
     if not 0 <= cfg.zoom <= 1:
         raise AdvshieldError(f"zoom must be in [0, 1], not {cfg.zoom}")
+    if not 0 <= cfg.negate <= 1:
+        raise AdvshieldError(f"negate must be in [0, 1], not {cfg.negate}")
 
 
 def fit_pool(cfg: FRUConfig, model: torch.nn.Module, train: TensorDataset, work: Path,
@@ -156,10 +161,11 @@ def zoomed(delta: torch.Tensor, gen: torch.Generator, eps: float, norm: str) -> 
 
 
 def draw_perturbations(pool: torch.Tensor, n: int, gen: torch.Generator, eps: float, norm: str,
-                       synthetic: bool, zoom: float = 0.0) -> torch.Tensor:
+                       synthetic: bool, zoom: float = 0.0, negate: float = 0.0) -> torch.Tensor:
     """``n`` perturbations (n×C×H×W) drawn from ``pool``; with ``synthetic``, half are convex combinations of
     two members rescaled to ``eps``, and all are shifted ≤ 2 px and mirrored at random; then a share ``zoom``
-    (0–1) is replaced by :func:`zoomed` crops of pool members. Norm stays ≤ eps."""
+    (0–1) is replaced by :func:`zoomed` crops of pool members, and a share ``negate`` flips sign. Norm stays
+    ≤ eps."""
     first = pool[torch.randint(len(pool), (n,), generator=gen)]
     if synthetic:
         second = pool[torch.randint(len(pool), (n,), generator=gen)]
@@ -174,6 +180,9 @@ def draw_perturbations(pool: torch.Tensor, n: int, gen: torch.Generator, eps: fl
         if pick.any():
             delta = delta.clone()
             delta[pick] = zoomed(first[pick], gen, eps, norm)
+    if negate > 0:
+        sign = torch.where(torch.rand(n, generator=gen) < negate, -1.0, 1.0).to(delta.dtype)
+        delta = delta * sign.view(-1, *([1] * (delta.dim() - 1)))
     return delta
 
 
@@ -198,7 +207,7 @@ class FRUTrainer:
         idx = torch.randint(len(self.train_set), (cfg.batch_size,), generator=gen)
         x, y = to_float(self.train_set.images[idx]), self.train_set.labels[idx]
         delta = draw_perturbations(self.pool, len(x), step_generator(cfg.seed, step, _PERT), cfg.eps, cfg.norm,
-                                   cfg.synthetic, cfg.zoom)
+                                   cfg.synthetic, cfg.zoom, cfg.negate)
         xb = torch.cat([x, (x + delta).clamp(0, 1)]).to(self.device)
         yb = torch.cat([y, y]).to(self.device)
         self.net.train()
