@@ -89,6 +89,10 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--results", default=str(RESULTS))
+    ap.add_argument("--section", default="fru",
+                    help="RESULTS.md section to write (default fru; e.g. fru-variants for recipe experiments)")
+    ap.add_argument("--title", default="FRU: universal perturbations and selective feature regeneration",
+                    help="section heading")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -180,7 +184,7 @@ def main() -> None:
             + f"{met(card['training']['total_time_s'] <= 1800)})."]
     command = "python benchmarks/fru.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     body = "\n".join([
-        f"## FRU: universal perturbations and selective feature regeneration (Fashion-MNIST, first {args.n} test images)",
+        f"## {args.title} (Fashion-MNIST, first {args.n} test images)",
         "", f"Command: `{command.strip()}`", f"Machine: {machine()}",
         f"Total time: {time.time() - t_start:.0f} s. Perturbations (L∞, eps {args.eps:g}/255 unless scaled) fitted "
         f"on test[5000:{5000 + args.fit_images}] (UAP: at most {args.max_passes} passes or 80 % fooling) against the base network (gray-box: the attacker knows the base, "
@@ -188,7 +192,7 @@ def main() -> None:
         "clean + defended perturbed top-1) / (2 × base clean top-1); 'no defense' is the base itself. Input "
         "transforms at their registry defaults, in front of the base.", "",
         "### Goals (issue 5)", "", *goal_lines, "", *sections])
-    update_section("fru", body, Path(args.results))
+    update_section(args.section, body, Path(args.results))
     print(body)
 
 
