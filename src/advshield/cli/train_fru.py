@@ -55,7 +55,8 @@ def run_fru(args: argparse.Namespace) -> int:
     name = args.name or f"{base}-fru"
     cfg = FRUConfig(name=name, model=args.model, data=args.data, attack=args.attack, eps=args.eps, norm=args.norm,
                     pool_size=args.pool_size, pool_images=args.pool_images, layers=args.layers, k=args.k,
-                    fraction=args.fraction, depth=args.depth, synthetic=args.synthetic, zoom=args.zoom, negate=args.negate,
+                    fraction=args.fraction, depth=args.depth, synthetic=args.synthetic, zoom=args.zoom,
+                    negate=args.negate,
                     steps=args.steps, batch_size=args.batch_size, lr=args.lr, save_every=args.save_every,
                     eval_images=args.eval_images, seed=args.seed, device=args.device, data_root=args.data_root,
                     threads=args.threads)

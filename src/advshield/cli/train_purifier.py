@@ -34,7 +34,8 @@ def add_purifier_parser(tsub: argparse._SubParsersAction) -> None:
     p.add_argument("--eps", type=pixels, default=16 / 255, help="L∞ budget of the adversaries, 0-255 (default 16)")
     p.add_argument("--ssp-steps", type=positive_int, default=10, help="SSP iterations per batch (default 10)")
     p.add_argument("--ssp-alpha", type=pixels, default=2 / 255, help="SSP step, 0-255 (default 2)")
-    p.add_argument("--adversary", default="ssp", help="ssp (default), gaussian (GNP ablation), fgsm (FGSP ablation), mi-di (extension: DIM on the "
+    p.add_argument("--adversary", default="ssp",
+                   help="ssp (default), gaussian (GNP ablation), fgsm (FGSP ablation), mi-di (extension: DIM on the "
                    "feature classifier's predictions), or several joined by + (the batch is split among them)")
     p.add_argument("--eps-min", type=pixels, default=None,
                    help="extension (not in the paper): rescale each sample's perturbation to a budget drawn from "

@@ -9,9 +9,11 @@ feature extractor F (SSP by default); the purifier P maps x' to x̂ = P(x'); the
 - the critic C is updated to tell x from x̂ (detached) with the mirrored RaGAN loss
   ½·mean[−log σ(C(x) − mean C(x̂)) − log(1 − σ(C(x̂) − mean C(x)))].
 
-Extensions, off by default (not in the paper): ``eps_min`` rescales each sample's perturbation x' − x by a
-factor drawn uniformly from [eps_min/eps, 1] (a mix of strengths up to eps from one attack run), and
-``clean_fraction`` leaves that share of each batch clean, so the purifier also learns to pass clean images.
+Extensions, off by default (not in the paper): ``adversary`` = "mi-di" (DIM on the feature classifier's own
+predictions, label-free) or a "+"-joined mix such as "ssp+mi-di" (the batch split among the kinds); ``eps_min``
+rescales each sample's perturbation x' − x by a factor drawn uniformly from [eps_min/eps, 1] (a mix of strengths
+up to eps from one attack run); ``clean_fraction`` leaves that share of each batch clean, so the purifier also
+learns to pass clean images.
 
 Ablations: ``no_feat`` (λ = 0), ``no_pixel`` (γ = 0), ``vanilla_gan`` (non-relativistic GAN:
 −log σ(C(x̂)) for P, ½·[−log σ(C(x)) − log(1 − σ(C(x̂)))] for C), ``adversary`` = "gaussian" (GNP: noise of
