@@ -25,7 +25,6 @@ Dev: ADVSHIELD_ZOO=/tmp/tiny-zoo .venv/bin/python benchmarks/nrp.py --models zoo
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import shlex
 import sys
@@ -48,7 +47,7 @@ from advshield.defenses.nrp import DynamicPurifier
 from advshield.defenses.purifier import load_purifier
 from advshield.errors import AdvshieldError
 from advshield.eval.engine import Engine, GridResults
-from advshield.eval.grid import attack_factory
+from advshield.eval.grid import attack_factory, build_defense
 from advshield.registry import ATTACKS, DEFENSES
 from advshield.report.tables import markdown_table
 from advshield.utils import pick_device, seed_everything
@@ -66,12 +65,6 @@ TIME_GOAL_S = 45 * 60  # training zoo:nrp-fmnist on the 2-core machine
 
 
 # -- building -----------------------------------------------------------------------------------------------
-def build_defense(name: str, seed: int) -> nn.Module:
-    """Registry defense ``name`` at its defaults; randomized ones get ``seed`` for a reproducible sequence."""
-    cls = DEFENSES.get(name)
-    return cls(seed=seed) if "seed" in inspect.signature(cls).parameters else cls()
-
-
 def open_purifier(flag: str, spec: str) -> nn.Module:
     """The purifier ``spec`` or exit with one clear line."""
     try:

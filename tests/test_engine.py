@@ -186,3 +186,12 @@ def test_universal_perturbation_cells_and_restoration_against_a_baseline(bs):
     assert "universal" in res.attack_info["uap"]
     with pytest.raises(ValueError, match="C×H×W"):
         Engine(targets={"toy": Threshold()}, attacks={}, perturbations={"bad": torch.zeros(1, 1, 1, 1)})
+
+
+def test_grid_builds_randomized_defenses_with_its_seed():
+    from advshield.eval.grid import build_defense
+
+    x = torch.rand(2, 1, 28, 28)
+    for name in ("tvm", "resize-pad"):
+        assert torch.equal(build_defense(name, 3)(x), build_defense(name, 3)(x))  # a rerun repeats exactly
+    assert build_defense("jpeg", 3)(x).shape == x.shape  # defenses without a seed build as before

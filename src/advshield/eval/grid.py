@@ -1,6 +1,7 @@
 """Build an :class:`Engine` from registry names and write its results (Markdown, JSON, per-sample flags)."""
 from __future__ import annotations
 
+import inspect
 import json
 import platform
 from pathlib import Path
@@ -24,6 +25,13 @@ def attack_factory(name: str, eps: float, eps_l2: float, **kw: Any):
     return lambda model: cls.for_budget(model, budget, **kw)
 
 
+def build_defense(name: str, seed: int) -> nn.Module:
+    """Registry defense ``name`` at its defaults; randomized ones (a ``seed`` argument) get ``seed``, so a run
+    repeats exactly."""
+    cls = DEFENSES.get(name)
+    return cls(seed=seed) if "seed" in inspect.signature(cls).parameters else cls()
+
+
 def evaluate(models: dict[str, nn.Module], data: TensorDataset, attacks: Sequence[str], defenses: Sequence[str],
              eps: float, eps_l2: float, batch_size: int = 250, seed: int = 0, device: str | torch.device = "cpu",
              sources: dict[str, nn.Module] | None = None, cache_dir: str | Path | None = None,
@@ -37,7 +45,7 @@ def evaluate(models: dict[str, nn.Module], data: TensorDataset, attacks: Sequenc
     overrides = overrides or {}
     engine = Engine(targets=models, sources=sources,
                     attacks={a: attack_factory(a, eps, eps_l2, **overrides.get(a, {})) for a in attacks},
-                    defenses={d: DEFENSES.get(d)() for d in defenses}, seed=seed, device=device,
+                    defenses={d: build_defense(d, seed) for d in defenses}, seed=seed, device=device,
                     cache_dir=cache_dir, perturbations=perturbations, baselines=baselines)
     res = engine.run(data.batches(batch_size), total=-(-len(data) // batch_size))
     res.meta.update({"dataset": data.name, "eps": eps, "eps_255": round(eps * 255, 4), "eps_l2": eps_l2,
