@@ -3,7 +3,7 @@
 Each recipe is the shipped nrp-fmnist recipe shortened to ``--steps`` (default 800) plus one change: a stronger
 training budget, a heavier pixel loss, a mix of SSP and label-free DIM adversaries, a share of clean images.
 Recipes are trained with ``advshield train purifier`` into ``--cache`` when missing (seeded and resumable: rerunning
-continues a stopped run), then scored on transfer adversaries crafted once (and cached) on fashion-mnist
+continues a stopped run), then scored in one evaluation-engine grid on transfer adversaries (cached) on fashion-mnist
 test[offset:offset+n] — disjoint from the first 200 images of the `nrp` section — from each zoo model with FGSM,
 PGD, MI-FGSM, DIM, DIM-TI and SSP at L∞ 0.1. For each target zoo model: clean top-1 through the purifier and the
 worst and mean top-1 over the attacks crafted on the other two models. The shipped purifiers are scored alongside.
@@ -20,15 +20,16 @@ import time
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from torch import nn
 
 from _results import RESULTS, machine, update_section
 from advshield import load_model, load_purifier
 from advshield.data import load_dataset
-from advshield.data.tensors import to_float
+from advshield.data.tensors import TensorDataset
+from advshield.defenses.base import Identity
+from advshield.eval.engine import Engine
 from advshield.eval.grid import attack_factory
 from advshield.report.tables import markdown_table
-from advshield.utils import atomic_path
 
 MODELS = {"fmnist-vgg": "zoo:fmnist-vgg", "fmnist-resnet": "zoo:fmnist-resnet", "fmnist-lenet": "zoo:fmnist-lenet"}
 ATTACKS = ("fgsm", "pgd", "mifgsm", "mi-di", "mi-di-ti", "ssp")
@@ -42,6 +43,7 @@ RECIPES = {
     "gamma-10": ("--gamma-img 10", "pixel-loss weight 10 instead of 0.01"),
     "ssp-mi-di": ("--adversary ssp+mi-di", "half of each batch DIM on fmnist-vgg's predictions (label-free)"),
     "clean-25": ("--clean-fraction 0.25", "a quarter of each batch left clean"),
+    "medium": ("--arch nrp-medium", "a larger purifier: nrp-medium (nf 48, nb 2, gc 24; 810,481 parameters)"),
 }
 SHIPPED = ("zoo:nrp-fmnist", "zoo:nrp-resg-fmnist")
 
@@ -60,44 +62,25 @@ def train_missing(cache: Path, steps: int, names: list[str]) -> dict[str, str]:
     return commands
 
 
-def transfer_set(cache: Path, n: int, offset: int) -> dict[str, torch.Tensor]:
-    """{"x", "y", "ATTACK|SOURCE": adversarial images} on test[offset:offset+n], crafted once and cached."""
-    path = cache / f"transfer-{offset}-{n}.safetensors"
-    if path.exists():
-        return load_file(str(path))
-    test = load_dataset("fashion-mnist", "test")
-    x, y = to_float(test.images[offset : offset + n]), test.labels[offset : offset + n].long()
-    out = {"x": x, "y": y}
-    for source, spec in MODELS.items():
-        model = load_model(spec).eval()
-        for attack in ATTACKS:
-            torch.manual_seed(0)
-            atk = attack_factory(attack, EPS, EPS)(model)
-            out[f"{attack}|{source}"] = torch.cat([atk(x[i : i + 200], y[i : i + 200]) for i in range(0, n, 200)])
-            print(f"  crafted {attack} on {source}", flush=True)
-    with atomic_path(path) as tmp:
-        save_file({k: v.contiguous() for k, v in out.items()}, str(tmp))
-    return out
-
-
-def score(purifier: torch.nn.Module | None, data: dict[str, torch.Tensor], targets: dict[str, torch.nn.Module]
-          ) -> dict[str, dict[str, float | str]]:
-    """Per target: clean top-1 (%), worst and mean top-1 over the attacks from the other models, the worst cell."""
-    def purify(z: torch.Tensor) -> torch.Tensor:
-        if purifier is None:
-            return z
-        return torch.cat([purifier(z[i : i + 200]).clamp(0, 1) for i in range(0, len(z), 200)])
-
-    y = data["y"]
-    with torch.no_grad():
-        pure = {k: purify(v) for k, v in data.items() if k != "y"}
-        out = {}
-        for t, model in targets.items():
-            acc = lambda z: 100 * float((model(z).argmax(1) == y).float().mean())  # noqa: E731
-            cells = {k: acc(v) for k, v in pure.items() if k != "x" and k.split("|")[1] != t}
+def score(purifiers: dict[str, nn.Module], data: TensorDataset, cache: Path, seed: int
+          ) -> dict[str, dict[str, dict[str, float | str]]]:
+    """One :class:`Engine` grid: every attack crafted on every zoo model (cached under ``cache``/adv), classified
+    by every target behind every purifier. Per purifier and target: clean top-1 (%), worst and mean top-1 over
+    the black-box cells (source ≠ target) and the worst cell's name."""
+    targets = {t: load_model(s) for t, s in MODELS.items()}
+    engine = Engine(targets=targets, attacks={a: attack_factory(a, EPS, EPS) for a in ATTACKS},
+                    defenses={"none": Identity(), **purifiers}, seed=seed, cache_dir=cache / "adv")
+    rows = engine.run(data.batches(200), total=-(-len(data) // 200)).rows()
+    out: dict[str, dict[str, dict[str, float | str]]] = {}
+    for d in engine.defenses:
+        out[d] = {}
+        for t in targets:
+            mine = [r for r in rows if r["defense"] == d and r["target"] == t]
+            cells = {f"{r['attack']} from {r['source']}": 100 * r["robust_accuracy"]
+                     for r in mine if r["setting"] == "transfer"}
             worst = min(cells, key=cells.get)
-            out[t] = {"clean": acc(pure["x"]), "worst": cells[worst], "mean": sum(cells.values()) / len(cells),
-                      "worst_cell": worst.replace("|", " from ")}
+            out[d][t] = {"clean": 100 * mine[0]["clean_accuracy"], "worst": cells[worst],
+                         "mean": sum(cells.values()) / len(cells), "worst_cell": worst}
     return out
 
 
@@ -108,6 +91,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=400, help="scored images (default 400)")
     ap.add_argument("--offset", type=int, default=1000, help="first scored test image (default 1000)")
     ap.add_argument("--cache", default=".cache/nrp-recipes", help="trained recipes and crafted adversaries")
+    ap.add_argument("--seed", type=int, default=0, help="attack seeds (per attack, source and batch)")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--results", default=str(RESULTS))
     args = ap.parse_args()
@@ -121,16 +105,18 @@ def main() -> None:
     cache.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     commands = train_missing(cache, args.steps, names)
-    data = transfer_set(cache, args.n, args.offset)
-    targets = {t: load_model(s).eval() for t, s in MODELS.items()}
-    rows = [("none", "no purifier", score(None, data, targets))]
+    data = load_dataset("fashion-mnist", "test").subset(args.n, args.offset)
+    labels = {"none": ("none", "no purifier")}
+    purifiers = {}
     for spec in SHIPPED:
-        pur = load_purifier(spec).eval()
-        steps = pur.card.get("training", {}).get("steps")
-        rows.append((f"`{spec}`", "shipped" + (f", {steps} steps" if steps else ""), score(pur, data, targets)))
+        purifiers[spec] = load_purifier(spec)
+        steps = purifiers[spec].card.get("training", {}).get("steps")
+        labels[spec] = (f"`{spec}`", "shipped" + (f", {steps} steps" if steps else ""))
     for name in names:
-        pur = load_purifier(str(cache / f"{name}.safetensors")).eval()
-        rows.append((name, RECIPES[name][1], score(pur, data, targets)))
+        purifiers[name] = load_purifier(str(cache / f"{name}.safetensors"))
+        labels[name] = (name, RECIPES[name][1])
+    scores = score(purifiers, data, cache, args.seed)
+    rows = [(*labels[d], res) for d, res in scores.items()]
     body = []
     for label, what, res in rows:
         body.append([label, what, *(f"{res[t]['clean']:.1f}" for t in MODELS),
