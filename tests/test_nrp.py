@@ -23,7 +23,9 @@ def tiny_resg(c=1):
     return NRPResG(in_channels=c, nf=4, nb=2)
 
 
-@pytest.mark.parametrize("config, expected", [("nrp-paper", 16_550_275), ("resg-paper", 1_702_211)])
+@pytest.mark.parametrize("config, expected", [("nrp-paper", 16_550_275), ("resg-paper", 1_702_211),
+                                              ("nrp-small", 180_609), ("resg-small", 74_593),
+                                              ("nrp-medium", 810_481)])
 def test_paper_parameter_counts(config, expected):
     arch, args = NRP_CONFIGS[config]
     with torch.device("meta"):
