@@ -37,8 +37,9 @@ from advshield.data import load_dataset
 from advshield.data.tensors import to_float
 from advshield.defenses.base import Identity
 from advshield.eval.engine import Engine
+from advshield.eval.grid import build_defense
 from advshield.models import load_model
-from advshield.registry import DEFENSES, UNIVERSAL
+from advshield.registry import UNIVERSAL
 from advshield.report.tables import markdown_table
 from advshield.utils import seed_everything
 
@@ -142,10 +143,7 @@ def main() -> None:
             groups["unseen"].append(u)
         perts["UAP on the FRU model"] = fit("uap", name, fru, eps, 400)
         groups["white-box"].append("UAP on the FRU model")
-        defenses = {"none": Identity(), **{d: DEFENSES.get(d)() for d in transforms}}
-        for d in defenses.values():
-            if hasattr(d, "seed"):
-                d.seed = args.seed
+        defenses = {"none": Identity(), **{d: build_defense(d, args.seed) for d in transforms}}
         engine = Engine(targets={base_name: base, name: fru}, attacks={}, defenses=defenses, perturbations=perts,
                         baselines={name: base}, seed=args.seed)
         res = engine.run(data.batches(250), total=-(-len(data) // 250))

@@ -156,3 +156,12 @@ def test_defend_static_dynamic_and_by_spec(tmp_path):
     assert isinstance(dyn.defense, DynamicPurifier) and dyn.defense.seed == 1
     assert defend(model, None) is model
     assert isinstance(defend(model, "jpeg"), nn.Module)
+
+
+def test_defend_by_name_seeds_a_randomized_defense():
+    cls, _, args = TINY["tiny-lenet"]
+    model = cls(**args).eval()
+    x = torch.rand(4, 1, 28, 28)
+    a, b = defend(model, "tvm", seed=3), defend(model, "tvm", seed=3)
+    assert a.defense.seed == 3 and torch.equal(a(x), b(x))
+    assert not torch.equal(a.defense(x), defend(model, "tvm", seed=4).defense(x))

@@ -1,6 +1,7 @@
 """Loading trained purifiers (zoo or checkpoint files) and putting one, static or dynamic, in front of a model."""
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 
 from torch import nn
@@ -45,10 +46,14 @@ def defend(model: nn.Module, purifier: nn.Module | str | None = None, dynamic: b
     :class:`~advshield.defenses.base.Defense`), a spec string (``zoo:NAME``/``.safetensors`` of a trained
     purifier, or a registered input-transform defense name such as ``jpeg``), or None (``model`` itself).
     ``dynamic=True`` wraps it in :class:`DynamicPurifier` (noise σ=``sigma`` projected to ±``eps``, [0,1]
-    units; ``seed`` for a reproducible noise sequence). ``bpda``: backward straight through the defense's
+    units; ``seed`` for a reproducible noise sequence, also given to a randomized defense named by string). ``bpda``: backward straight through the defense's
     substitute (identity)."""
-    if isinstance(purifier, str):
-        purifier = DEFENSES.get(purifier)() if purifier in DEFENSES else load_purifier(purifier)
+    if isinstance(purifier, str) and purifier in DEFENSES:
+        cls = DEFENSES.get(purifier)
+        seeded = seed is not None and "seed" in inspect.signature(cls).parameters
+        purifier = cls(seed=seed) if seeded else cls()
+    elif isinstance(purifier, str):
+        purifier = load_purifier(purifier)
     if purifier is None:
         if dynamic:
             raise ValueError("dynamic=True needs a purifier")
