@@ -34,7 +34,7 @@ from advshield.report.tables import markdown_table
 MODELS = {"fmnist-vgg": "zoo:fmnist-vgg", "fmnist-resnet": "zoo:fmnist-resnet", "fmnist-lenet": "zoo:fmnist-lenet"}
 ATTACKS = ("fgsm", "pgd", "mifgsm", "mi-di", "mi-di-ti", "ssp")
 EPS = 0.1
-BASE = ("--arch nrp-small --data fashion-mnist --feature-model zoo:fmnist-vgg --batch-size 32 --eps 25.5 "
+BASE = ("--data fashion-mnist --feature-model zoo:fmnist-vgg --batch-size 32 --eps 25.5 "
         "--ssp-steps 10 --ssp-alpha 4 --lr 3e-4 --save-every 100 --threads 1")
 # name → (extra flags, what changes against the paper recipe)
 RECIPES = {
@@ -53,7 +53,8 @@ def train_missing(cache: Path, steps: int, names: list[str]) -> dict[str, str]:
     commands = {}
     for name in names:
         extra, _ = RECIPES[name]
-        cmd = (f"advshield train purifier --name {name} {BASE} --steps {steps} --out-dir {cache} {extra}").strip()
+        arch = "" if "--arch" in extra else "--arch nrp-small "
+        cmd = (f"advshield train purifier --name {name} {arch}{BASE} --steps {steps} --out-dir {cache} {extra}").strip()
         commands[name] = cmd
         if not (cache / f"{name}.safetensors").exists():
             print(f"training {name}: {cmd}", flush=True)
