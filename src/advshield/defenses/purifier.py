@@ -46,8 +46,8 @@ def defend(model: nn.Module, purifier: nn.Module | str | None = None, dynamic: b
     :class:`~advshield.defenses.base.Defense`), a spec string (``zoo:NAME``/``.safetensors`` of a trained
     purifier, or a registered input-transform defense name such as ``jpeg``), or None (``model`` itself).
     ``dynamic=True`` wraps it in :class:`DynamicPurifier` (noise σ=``sigma`` projected to ±``eps``, [0,1]
-    units; ``seed`` for a reproducible noise sequence, also given to a randomized defense named by string). ``bpda``: backward straight through the defense's
-    substitute (identity)."""
+    units; ``seed`` for a reproducible noise sequence, also given to a randomized defense named by string).
+    ``bpda``: backward straight through the defense's substitute (identity)."""
     if isinstance(purifier, str) and purifier in DEFENSES:
         cls = DEFENSES.get(purifier)
         seeded = seed is not None and "seed" in inspect.signature(cls).parameters
