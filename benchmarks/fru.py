@@ -35,9 +35,8 @@ from _results import RESULTS, machine, update_section
 from advshield.attacks.universal import load_perturbation, save_perturbation
 from advshield.data import load_dataset
 from advshield.data.tensors import to_float
-from advshield.defenses.base import Identity
+from advshield.defenses.base import Identity, build_defense
 from advshield.eval.engine import Engine
-from advshield.eval.grid import build_defense
 from advshield.models import load_model
 from advshield.registry import UNIVERSAL
 from advshield.report.tables import markdown_table

@@ -41,13 +41,13 @@ from advshield.cli.eval import load_named
 from advshield.cli.purify import bypass_attack
 from advshield.data import load_dataset
 from advshield.data.tensors import TensorDataset
-from advshield.defenses.base import Identity
+from advshield.defenses.base import Identity, build_defense
 from advshield.defenses.jpeg import kornia_jpeg
 from advshield.defenses.nrp import DynamicPurifier
 from advshield.defenses.purifier import load_purifier
 from advshield.errors import AdvshieldError
 from advshield.eval.engine import Engine, GridResults
-from advshield.eval.grid import attack_factory, build_defense
+from advshield.eval.grid import attack_factory
 from advshield.registry import ATTACKS, DEFENSES
 from advshield.report.tables import markdown_table
 from advshield.utils import pick_device, seed_everything

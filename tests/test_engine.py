@@ -189,7 +189,7 @@ def test_universal_perturbation_cells_and_restoration_against_a_baseline(bs):
 
 
 def test_grid_builds_randomized_defenses_with_its_seed():
-    from advshield.eval.grid import build_defense
+    from advshield.defenses.base import build_defense
 
     x = torch.rand(2, 1, 28, 28)
     for name in ("tvm", "resize-pad"):

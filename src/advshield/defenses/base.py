@@ -6,6 +6,8 @@ substitute for BPDA (:meth:`Defense.bpda`): by default the identity (straight-th
 """
 from __future__ import annotations
 
+import inspect
+
 import torch
 from torch import nn
 
@@ -62,3 +64,11 @@ def defend(model: nn.Module, defense: nn.Module | None, bpda: bool = False) -> n
     if defense is None or isinstance(defense, Identity):
         return model
     return Defended(model, defense, bpda=bpda).eval()
+
+
+def build_defense(name: str, seed: int | None = None) -> nn.Module:
+    """Registry defense ``name`` at its defaults; randomized ones (a ``seed`` argument) get ``seed`` when it is
+    not None, so a run repeats exactly."""
+    cls = DEFENSES.get(name)
+    seeded = seed is not None and "seed" in inspect.signature(cls).parameters
+    return cls(seed=seed) if seeded else cls()

@@ -1,7 +1,6 @@
 """Loading trained purifiers (zoo or checkpoint files) and putting one, static or dynamic, in front of a model."""
 from __future__ import annotations
 
-import inspect
 from pathlib import Path
 
 from torch import nn
@@ -48,12 +47,8 @@ def defend(model: nn.Module, purifier: nn.Module | str | None = None, dynamic: b
     ``dynamic=True`` wraps it in :class:`DynamicPurifier` (noise σ=``sigma`` projected to ±``eps``, [0,1]
     units; ``seed`` for a reproducible noise sequence, also given to a randomized defense named by string).
     ``bpda``: backward straight through the defense's substitute (identity)."""
-    if isinstance(purifier, str) and purifier in DEFENSES:
-        cls = DEFENSES.get(purifier)
-        seeded = seed is not None and "seed" in inspect.signature(cls).parameters
-        purifier = cls(seed=seed) if seeded else cls()
-    elif isinstance(purifier, str):
-        purifier = load_purifier(purifier)
+    if isinstance(purifier, str):
+        purifier = base.build_defense(purifier, seed) if purifier in DEFENSES else load_purifier(purifier)
     if purifier is None:
         if dynamic:
             raise ValueError("dynamic=True needs a purifier")

@@ -1,7 +1,6 @@
 """Build an :class:`Engine` from registry names and write its results (Markdown, JSON, per-sample flags)."""
 from __future__ import annotations
 
-import inspect
 import json
 import platform
 from pathlib import Path
@@ -12,7 +11,8 @@ from safetensors.torch import save_file
 from torch import nn
 
 from ..data.tensors import TensorDataset
-from ..registry import ATTACKS, DEFENSES
+from ..defenses.base import build_defense
+from ..registry import ATTACKS
 from ..utils import atomic_path, write_text
 from .engine import Engine, GridResults
 
@@ -23,13 +23,6 @@ def attack_factory(name: str, eps: float, eps_l2: float, **kw: Any):
     cls = ATTACKS.get(name)
     budget = eps_l2 if getattr(cls, "norm", "linf") == "l2" else eps
     return lambda model: cls.for_budget(model, budget, **kw)
-
-
-def build_defense(name: str, seed: int) -> nn.Module:
-    """Registry defense ``name`` at its defaults; randomized ones (a ``seed`` argument) get ``seed``, so a run
-    repeats exactly."""
-    cls = DEFENSES.get(name)
-    return cls(seed=seed) if "seed" in inspect.signature(cls).parameters else cls()
 
 
 def evaluate(models: dict[str, nn.Module], data: TensorDataset, attacks: Sequence[str], defenses: Sequence[str],
