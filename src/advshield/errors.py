@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 
-class AdvshieldError(Exception):
-    """A problem with the user's input (path, file, name, argument). Message is one line."""
+class AdvshieldError(ValueError):
+    """A problem with the user's input (path, file, name, argument). Message is one line.
+
+    A ``ValueError`` subclass, so code that already catches ``ValueError`` for bad arguments keeps working."""
 
 
 class DataError(AdvshieldError):
