@@ -9,7 +9,7 @@ STAMP    := $(VENV)/.installed
 FMNIST   := /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz
 DEMO_OUT ?= demo-out
 
-.PHONY: demo test install data clean
+.PHONY: demo test install data wheel clean
 
 install: $(STAMP)
 
@@ -35,5 +35,10 @@ demo: install data
 test: install data
 	$(PY) -m pytest -q tests
 
+# dist/advshield-*.whl, zoo included (package data); a clean build/ so no stale module leaks in
+wheel: install
+	rm -rf build
+	$(PY) -m pip wheel -q --no-deps --no-build-isolation -w dist .
+
 clean:
-	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache
+	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache build dist

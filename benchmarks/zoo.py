@@ -34,7 +34,8 @@ def zoo_section() -> str:
         tr = card.get("training", {})
         rows.append([f"zoo:{card['name']}", card["architecture"], f"{params:,}", f"{correct / len(test):.4f}",
                      f"{card['metrics']['clean_accuracy']:.4f}"
-                     + (f" (first {card['metrics']['eval_images']})" if "eval_images" in card["metrics"] else ""),
+                     + (f" (first {card['metrics']['eval_images']})"
+                        if card["metrics"].get("test_samples", len(test)) != len(test) else ""),
                      str(tr.get("epochs", tr.get("steps", ""))),
                      f"{tr.get('train_time_s', 0) / 60:.1f} min", f"`{card['command']}`"])
     return "\n".join([

@@ -36,7 +36,7 @@ def test_class_folders_and_formats(tmp_path: Path) -> None:
     Image.fromarray(a).save(tmp_path / ".hidden" / "x.png")
     (tmp_path / "cat" / "notes.txt").write_text("not an image")
     f = ImageFolder(tmp_path)
-    assert f.classes == ["cat", "dog"]
+    assert f.classes == ["cat", "dog", "empty"] and f.class_counts == [2, 1, 0]  # an empty class keeps its place
     assert [f.rel(i).as_posix() for i in range(len(f))] == ["cat/0.jpg", "cat/deep/2.bmp", "dog/1.PNG"]
     assert f.labels == [0, 0, 1] and len(f) == 3
     assert torch.equal(f.load(2), torch.from_numpy(a).permute(2, 0, 1).float() / 255)
@@ -45,7 +45,7 @@ def test_class_folders_and_formats(tmp_path: Path) -> None:
     assert jpg.shape == (3, 6, 5) and (jpg - torch.from_numpy(c).permute(2, 0, 1) / 255).abs().max() < 0.05
     ds = image_folder(tmp_path)
     assert ds.images.shape == (3, 3, 6, 5) and ds.images.dtype == torch.uint8
-    assert ds.labels.tolist() == [0, 0, 1] and ds.classes == ["cat", "dog"] and ds.name == tmp_path.name
+    assert ds.labels.tolist() == [0, 0, 1] and ds.classes == ["cat", "dog", "empty"] and ds.name == tmp_path.name
     assert load_dataset(str(tmp_path)).labels.tolist() == [0, 0, 1]
 
 

@@ -251,6 +251,7 @@ def test_shipped_fru_models_load_offline_and_reproduce_their_cards(name, one_thr
     assert card["training"]["attack"] == "uap" and card["training"]["eps"] == pytest.approx(0.1)
     test = fashion_mnist("test").subset(card["metrics"]["eval_images"])
     acc = evaluate_accuracy(net, test)
-    assert abs(acc - card["metrics"]["clean_accuracy"]) <= 1e-3  # thread-count rounding only
+    assert abs(acc - card["metrics"]["clean_accuracy_first_2000"]) <= 1e-3  # thread-count rounding only
+    # (the card's clean_accuracy is the full test set's; tests/test_zoo_cards.py recomputes it)
     base_acc = evaluate_accuracy(load_model(f"zoo:{card['base']}"), test)
     assert base_acc - acc <= 0.01  # the goal: clean accuracy within 1 point of the base

@@ -8,7 +8,7 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 from . import attacks, defenses  # noqa: F401  (registers attacks and defenses)
-from .defenses.purifier import defend, load_purifier
+from .defenses import defend, load_purifier
 from .errors import AdvshieldError, DataError, ModelError
 from .models import load_model
 from .registry import ATTACKS, DEFENSES, MODELS, PURIFIERS, UNIVERSAL

@@ -66,6 +66,13 @@ class Registry(Generic[T]):
     def __len__(self) -> int:
         return len(self._items)
 
+    def __repr__(self) -> str:
+        """``Registry('attack', 14 entries: bim, difgsm, ...)``; up to 20 names, aliases not listed."""
+        names = self.names()
+        shown = ", ".join(names[:20]) + (f", ... ({len(names) - 20} more)" if len(names) > 20 else "")
+        entries = f"{len(names)} {'entry' if len(names) == 1 else 'entries'}"
+        return f"Registry({self.kind!r}, {entries}{': ' + shown if names else ''})"
+
 
 ATTACKS: Registry = Registry("attack")
 DEFENSES: Registry = Registry("defense")

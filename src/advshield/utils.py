@@ -4,10 +4,12 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import random
 import sys
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any, Iterable, Iterator, TypeVar
 
@@ -17,9 +19,33 @@ import torch
 T = TypeVar("T")
 
 
+_UMASK_LOCK = threading.Lock()
+
+
+def current_umask() -> int:
+    """The process umask (e.g. 0o022), read from ``/proc/self/status`` where it is there, else by setting it and
+    putting it back at once (under a lock)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    with _UMASK_LOCK:
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
+
+
+def file_mode() -> int:
+    """The mode a new regular file gets under the current umask: ``0o666 & ~umask`` (0o644 under umask 022)."""
+    return 0o666 & ~current_umask()
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds."""
+    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds. The file gets
+    the mode of a file created under the process umask (``mkstemp`` alone would leave it 0600)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
@@ -27,6 +53,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        os.chmod(tmp_path, file_mode())  # after the block: a writer may have replaced the temporary file
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():
@@ -34,14 +61,33 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:
-    """Write a text file atomically."""
+    """Write a text file atomically (UTF-8)."""
     with atomic_path(path) as tmp:
-        tmp.write_text(text)
+        tmp.write_text(text, encoding="utf-8")
+
+
+def json_safe(obj: Any) -> Any:
+    """``obj`` with every NaN/±inf float replaced by ``None`` (recursively through dicts, lists and tuples) and
+    numpy scalars and 0-d arrays turned into Python numbers, so it is valid strict JSON."""
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    if isinstance(obj, (np.generic, np.ndarray)) and np.ndim(obj) == 0:
+        obj = obj.item()
+    if isinstance(obj, float):
+        return float(obj) if math.isfinite(obj) else None
+    return obj
+
+
+def to_json_text(obj: Any, indent: int | None = 2) -> str:
+    """Strict JSON text of ``obj`` (NaN/±inf written as ``null``, never as bare ``NaN``) with a trailing newline."""
+    return json.dumps(json_safe(obj), indent=indent, sort_keys=False, allow_nan=False) + "\n"
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
-    """Write JSON atomically (indented, trailing newline)."""
-    write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+    """Write strict JSON atomically (indented, trailing newline; NaN/±inf become ``null``)."""
+    write_text(path, to_json_text(obj))
 
 
 def sha256_file(path: str | os.PathLike) -> str:

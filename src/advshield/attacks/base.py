@@ -5,17 +5,28 @@
 Images are float N×C×H×W in [0,1]; eps and step sizes are in [0,1] units. ``atk(x, y=None)`` uses the
 model's own predictions as labels when ``y`` is None (no label leaking). The model's train/eval mode and
 its parameters' ``requires_grad`` flags are restored afterwards.
+
+Bad settings and inputs raise :class:`~advshield.errors.AdvshieldError` (a ``ValueError``) naming the argument:
+the constructors check their numbers (:meth:`GradientAttack.__init__`), every call checks ``x`` and ``y``
+(:meth:`Attack.forward`).
 """
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+import inspect
+import numbers
+from typing import Any, Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .threat import ThreatModel
+from ..checks import check_eps, check_images, check_labels, check_number
+from ..errors import AdvshieldError
+from .threat import NORMS, ThreatModel
+
+TARGET_MODES = ("given", "random", "least_likely")
+_NOT_SETTINGS = {"self", "model", "feature_model", "threat", "seed", "eps", "norm"}  # not shown as key=value in reprs
 
 
 @contextlib.contextmanager
@@ -35,6 +46,29 @@ def frozen_eval(model: nn.Module) -> Iterator[nn.Module]:
             p.requires_grad_(flag)
 
 
+def check_model(model: Any, name: str = "model") -> nn.Module:
+    """``model`` must be an ``nn.Module`` (the attacks switch its mode and freeze its parameters)."""
+    if not isinstance(model, nn.Module):
+        raise AdvshieldError(f"{name} must be a torch.nn.Module, not {type(model).__name__}")
+    return model
+
+
+def check_seed(seed: Any, name: str = "seed") -> int | None:
+    """None or an integer."""
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)):
+        raise AdvshieldError(f"{name} must be an integer or None, not {seed!r}")
+    return None if seed is None else int(seed)
+
+
+def format_setting(value: Any) -> str:
+    """A setting for a repr: floats as ``repr`` when short (0.1, 1.0), else to 4 significant digits (8/255 →
+    0.03137); everything else as ``repr``."""
+    if isinstance(value, float):
+        text = repr(value)
+        return text if len(text) <= 8 else f"{value:.4g}"
+    return repr(value)
+
+
 class Attack:
     """Base of all per-image attacks: ``x_adv = atk(x, y=None)``.
 
@@ -45,37 +79,58 @@ class Attack:
     norm = "linf"  # the norm of the budget this attack is given by for_budget()
 
     def __init__(self, model: nn.Module, threat: ThreatModel, seed: int | None = None) -> None:
-        self.model = model
+        self.model = check_model(model)
         self.threat = threat
-        self.seed = seed
+        self.seed = check_seed(seed)
         self.target_mode: str | None = None
+        self._classes: tuple[nn.Module, int | None] | None = None  # (model, its class count), see num_classes
 
     # -- public -----------------------------------------------------------------------------------------
     def __call__(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         return self.forward(x, y)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        """x: N×C×H×W in [0,1]; y: N labels (or targets in "given" mode). Returns x_adv, same shape."""
-        x = x.detach()
+        """x: N×C×H×W float in [0,1]; y: N int labels (or targets in "given" mode) in [0, classes). Returns x_adv,
+        same shape. Raises :class:`AdvshieldError` naming ``x`` or ``y`` for bad inputs."""
+        x = check_images(x, "x").detach()
+        if y is None and self.target_mode == "given":
+            raise AdvshieldError("y: target mode 'given' needs the target classes as y")
         with frozen_eval(self.model), self._rng():
+            logits = None
             if y is None or self.target_mode in ("random", "least_likely"):
                 with torch.no_grad():
                     logits = self.model(x)
-                if y is None:
-                    y = logits.argmax(1)
-                if self.target_mode == "random":
-                    num_classes = logits.shape[1]
-                    shift = torch.randint(1, num_classes, y.shape, device=y.device)
-                    y = (y + shift) % num_classes  # never the true class
-                elif self.target_mode == "least_likely":
-                    y = logits.argmin(1)
+            if y is not None:
+                classes = logits.shape[1] if logits is not None and logits.dim() == 2 else self.num_classes(x)
+                y = check_labels(y, len(x), classes, "y")
+            else:
+                y = logits.argmax(1)
+            if self.target_mode == "random":
+                num_classes = logits.shape[1]
+                shift = torch.randint(1, num_classes, y.shape, device=y.device)
+                y = (y + shift) % num_classes  # never the true class
+            elif self.target_mode == "least_likely":
+                y = logits.argmin(1)
             x_adv = self.perturb(x, y.to(x.device))
         return x_adv.detach()
 
+    def num_classes(self, x: torch.Tensor) -> int | None:
+        """The model's class count (width of its N×K logits; None for other outputs), from one forward pass of
+        ``x[:1]`` that leaves torch's RNG untouched; remembered for the current ``model``."""
+        if self._classes is None or self._classes[0] is not self.model:
+            if len(x) == 0:
+                return None
+            devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+            with torch.no_grad(), torch.random.fork_rng(devices=devices):
+                out = self.model(x[:1])
+            k = out.shape[1] if isinstance(out, torch.Tensor) and out.dim() == 2 else None
+            self._classes = (self.model, k)
+        return self._classes[1]
+
     def set_target_mode(self, mode: str | None) -> "Attack":
         """None (untargeted), "given", "random" or "least_likely"."""
-        if mode not in (None, "given", "random", "least_likely"):
-            raise ValueError(f"unknown target mode {mode!r}")
+        if mode is not None and mode not in TARGET_MODES:
+            raise AdvshieldError(f"mode must be None, 'given', 'random' or 'least_likely', not {mode!r}")
         self.target_mode = mode
         return self
 
@@ -86,8 +141,28 @@ class Attack:
     def perturb(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def settings(self) -> dict[str, Any]:
+        """The constructor's settings (keyword → current value), read from the attributes of the same name;
+        eps first. ``model``, ``seed`` and ``norm`` are left out (the seed is per call in the engine)."""
+        out: dict[str, Any] = {"eps": self.threat.eps}
+        for cls in type(self).__mro__:
+            init = cls.__dict__.get("__init__")
+            if init is None:
+                continue
+            for p in inspect.signature(init).parameters:
+                if p not in _NOT_SETTINGS and p not in out and not p.startswith("_") and hasattr(self, p):
+                    out[p] = getattr(self, p)
+            break  # the most derived constructor is the public signature
+        return out
+
     def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.threat.norm}, eps={self.threat.eps:.4g})"
+        """``PGD(linf, eps=0.1, alpha=0.01, steps=10, random_start=True)`` plus the target mode and EOT if set."""
+        parts = [self.threat.norm] + [f"{k}={format_setting(v)}" for k, v in self.settings().items()]
+        if self.target_mode is not None:
+            parts.append(f"target_mode={self.target_mode!r}")
+        if getattr(self, "eot", 1) > 1:
+            parts.append(f"eot={self.eot}")
+        return f"{type(self).__name__}({', '.join(parts)})"
 
     # -- helpers ----------------------------------------------------------------------------------------
     def _rng(self) -> contextlib.AbstractContextManager:
@@ -107,12 +182,20 @@ def seeded(seed: int) -> Iterator[None]:
 class GradientAttack(Attack):
     """Iterative sign-gradient (L∞) or normalised-gradient (L2) ascent on a loss, projected each step.
 
-    eps, alpha: [0,1] units. ``random_start``: uniform in the L∞ ball / uniform in the L2 ball."""
+    eps: finite, > 0 (L∞: at most 1), alpha: finite, >= 0, both in [0,1] units; steps: an integer >= 1, or 0 with
+    ``random_start`` (the random start alone). ``random_start``: uniform in the L∞ ball / uniform in the L2 ball."""
 
     def __init__(self, model: nn.Module, eps: float = 8 / 255, alpha: float = 2 / 255, steps: int = 10,
                  random_start: bool = False, norm: str = "linf", seed: int | None = None) -> None:
+        if norm not in NORMS:
+            raise AdvshieldError(f"norm must be 'linf' or 'l2', not {norm!r}")
+        eps = check_eps(eps, "eps", norm)
+        alpha = check_number(alpha, "alpha", low=0.0)
+        steps = int(check_number(steps, "steps", low=0, integer=True))
+        if steps == 0 and not random_start:
+            raise AdvshieldError("steps must be >= 1 (0 only with random_start: the random start alone), not 0")
         super().__init__(model, ThreatModel(norm=norm, eps=eps), seed)
-        self.eps, self.alpha, self.steps, self.random_start = eps, alpha, steps, random_start
+        self.eps, self.alpha, self.steps, self.random_start = eps, alpha, steps, bool(random_start)
         self.eot = 1  # gradients averaged over this many forward passes (EOT, for randomized defenses)
 
     # hooks ---------------------------------------------------------------------------------------------

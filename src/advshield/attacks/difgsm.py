@@ -5,8 +5,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..checks import check_number
+from ..errors import AdvshieldError
 from ..registry import ATTACKS
 from .mifgsm import MIFGSM
+
+RESIZE_MODES = ("nearest", "nearest-exact", "bilinear", "bicubic", "area")
 
 
 def _cpu_randint(low: int, high: int) -> int:
@@ -48,7 +52,8 @@ def input_diversity(x: torch.Tensor, resize_rate: float = 0.9, diversity_prob: f
 @ATTACKS.register("difgsm", "iterative FGSM through random resize+pad of the input (input diversity, Xie 2019)")
 class DIFGSM(MIFGSM):
     """``DIFGSM(model, eps=8/255, alpha=2/255, steps=10, decay=0.0, resize_rate=0.9, diversity_prob=0.5,
-    random_start=False)``; images N×C×H×W in [0,1], eps/alpha in [0,1] units.
+    random_start=False)``; images N×C×H×W in [0,1], eps/alpha in [0,1] units; ``resize_rate`` > 0 (< 1 shrinks,
+    > 1 enlarges), ``diversity_prob`` in [0,1].
 
     Each step's gradient is taken through :func:`input_diversity`; momentum as MI-FGSM when ``decay`` > 0;
     ``random_start``: uniform in the L∞ ball. ``resize_mode`` is the interpolation (torchattacks 3.5 uses
@@ -59,13 +64,12 @@ class DIFGSM(MIFGSM):
     def __init__(self, model: nn.Module, eps: float = 8 / 255, alpha: float = 2 / 255, steps: int = 10,
                  decay: float = 0.0, resize_rate: float = 0.9, diversity_prob: float = 0.5,
                  random_start: bool = False, seed: int | None = None, resize_mode: str = "bilinear") -> None:
-        super().__init__(model, eps=eps, alpha=alpha, steps=steps, decay=decay, seed=seed)
-        if not 0 <= diversity_prob <= 1:
-            raise ValueError(f"diversity_prob must be in [0, 1], got {diversity_prob}")
-        if resize_rate <= 0:
-            raise ValueError(f"resize_rate must be positive, got {resize_rate}")
-        self.random_start = random_start
-        self.resize_rate, self.diversity_prob, self.resize_mode = resize_rate, diversity_prob, resize_mode
+        super().__init__(model, eps=eps, alpha=alpha, steps=steps, decay=decay, seed=seed, random_start=random_start)
+        self.resize_rate = check_number(resize_rate, "resize_rate", low=0.0, low_open=True)
+        self.diversity_prob = check_number(diversity_prob, "diversity_prob", low=0.0, high=1.0)
+        if resize_mode not in RESIZE_MODES:
+            raise AdvshieldError(f"resize_mode must be one of {', '.join(RESIZE_MODES)}, not {resize_mode!r}")
+        self.resize_mode = resize_mode
 
     def input_transform(self, x_adv: torch.Tensor) -> torch.Tensor:
         return input_diversity(x_adv, self.resize_rate, self.diversity_prob, self.resize_mode)

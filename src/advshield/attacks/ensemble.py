@@ -6,6 +6,10 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from ..checks import check_number
+from ..errors import AdvshieldError
+from .base import check_model
+
 
 class Ensemble(nn.Module):
     """``Ensemble([m1, m2, ...], weights=None)``: images N×C×H×W → Σ wᵢ·mᵢ(x), logits N×K.
@@ -18,14 +22,16 @@ class Ensemble(nn.Module):
         super().__init__()
         models = list(models)
         if not models:
-            raise ValueError("Ensemble needs at least one model")
+            raise AdvshieldError("models: Ensemble needs at least one model")
+        for m in models:
+            check_model(m, "models")
         if weights is None:
             weights = [1.0] * len(models)
-        weights = [float(w) for w in weights]
+        weights = [check_number(w, "weights", low=0.0) for w in weights]
         if len(weights) != len(models):
-            raise ValueError(f"{len(weights)} weights for {len(models)} models")
-        if any(w < 0 or w != w for w in weights) or sum(weights) <= 0:
-            raise ValueError(f"weights must be non-negative and not all zero, got {weights}")
+            raise AdvshieldError(f"weights: {len(weights)} weights for {len(models)} models")
+        if sum(weights) <= 0:
+            raise AdvshieldError(f"weights must not all be zero, got {weights}")
         total = sum(weights)
         self.members = nn.ModuleList(models)
         self.weights = tuple(w / total for w in weights)  # Python floats: no device copies in forward

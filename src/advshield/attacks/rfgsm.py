@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..errors import AdvshieldError
 from ..registry import ATTACKS
 from .base import GradientAttack
 
@@ -19,9 +20,9 @@ class RFGSM(GradientAttack):
 
     def __init__(self, model: nn.Module, eps: float = 8 / 255, alpha: float = 2 / 255, steps: int = 10,
                  seed: int | None = None) -> None:
-        if not 0 <= alpha <= eps:
-            raise ValueError(f"RFGSM needs 0 <= alpha <= eps, got alpha={alpha}, eps={eps}")
         super().__init__(model, eps=eps, alpha=alpha, steps=steps, random_start=True, norm="linf", seed=seed)
+        if self.alpha > self.eps:
+            raise AdvshieldError(f"alpha must be <= eps ({self.eps:.4g}) for RFGSM, not {alpha!r}")
 
     def init(self, x: torch.Tensor) -> torch.Tensor:
         return (x + self.alpha * torch.randn_like(x).sign()).clamp(*self.threat.bounds)

@@ -6,10 +6,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import AdvshieldError
 from ..registry import ATTACKS
 from .base import GradientAttack, frozen_eval
 
 DISTANCES = ("mse", "mae", "cosine")
+TORCHSCRIPT_LAYER_ERROR = ("SSP --layer needs hooks, which TorchScript models do not support; load the model as "
+                           "py:FILE.py:NAME@WEIGHTS instead")
 
 
 class _Captured(Exception):
@@ -46,6 +49,8 @@ class SSP(GradientAttack):
             layer = getattr(feature_model, "default_feature_layer", None)
         self.layer = layer
         self._module: nn.Module | None = None
+        if layer is not None and any(isinstance(m, torch.jit.ScriptModule) for m in feature_model.modules()):
+            raise AdvshieldError(TORCHSCRIPT_LAYER_ERROR)
         if layer is not None:
             modules = dict(feature_model.named_modules())
             if layer not in modules or layer == "":

@@ -5,6 +5,11 @@ from dataclasses import dataclass
 
 import torch
 
+from ..checks import check_number
+from ..errors import AdvshieldError
+
+NORMS = ("linf", "l2")
+
 
 class BudgetError(AssertionError):
     """An adversarial batch left the threat model (norm ball, pixel range) or holds NaN/inf."""
@@ -12,17 +17,19 @@ class BudgetError(AssertionError):
 
 @dataclass(frozen=True)
 class ThreatModel:
-    """``norm`` is ``"linf"`` or ``"l2"``; ``eps`` in [0,1] pixel units (L2: over all C·H·W values)."""
+    """``norm`` is ``"linf"`` or ``"l2"``; ``eps`` (finite, >= 0) in [0,1] pixel units (L2: over all C·H·W values);
+    ``bounds`` the valid pixel range. Bad values raise :class:`~advshield.errors.AdvshieldError`."""
 
     norm: str = "linf"
     eps: float = 8 / 255
     bounds: tuple[float, float] = (0.0, 1.0)
 
     def __post_init__(self) -> None:
-        if self.norm not in ("linf", "l2"):
-            raise ValueError(f"norm must be 'linf' or 'l2', not {self.norm!r}")
-        if self.eps < 0:
-            raise ValueError("eps must be non-negative")
+        if self.norm not in NORMS:
+            raise AdvshieldError(f"norm must be 'linf' or 'l2', not {self.norm!r}")
+        check_number(self.eps, "eps", low=0.0)
+        if len(self.bounds) != 2 or not check_number(self.bounds[0], "bounds") < check_number(self.bounds[1], "bounds"):
+            raise AdvshieldError(f"bounds must be (low, high) with low < high, not {self.bounds!r}")
 
     def distance(self, x_adv: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """Per-sample norm of ``x_adv - x``; shape N."""

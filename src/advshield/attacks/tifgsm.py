@@ -7,6 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..checks import check_number
+from ..errors import AdvshieldError
 from ..registry import ATTACKS
 from .difgsm import DIFGSM
 
@@ -19,8 +21,8 @@ def ti_kernel(name: str = "gaussian", length: int = 15, nsig: float = 3) -> torc
     gaussian: outer product of the standard normal density at ``linspace(-nsig, nsig, length)``;
     linear: outer product of the tent 1 − |t|·2/(length+1), t = linspace(−(length−1)/2, (length−1)/2);
     uniform: constant."""
-    if length < 1:
-        raise ValueError(f"kernel length must be >= 1, got {length}")
+    length = int(check_number(length, "len_kernel", low=1, integer=True))
+    nsig = check_number(nsig, "nsig", low=0.0, low_open=True)
     if name == "gaussian":
         t = torch.linspace(-nsig, nsig, length, dtype=torch.float64)
         k1 = torch.exp(-0.5 * t * t) / math.sqrt(2 * math.pi)
@@ -30,7 +32,7 @@ def ti_kernel(name: str = "gaussian", length: int = 15, nsig: float = 3) -> torc
     elif name == "uniform":
         k1 = torch.ones(length, dtype=torch.float64)
     else:
-        raise ValueError(f"unknown TI kernel {name!r} (known: {', '.join(KERNELS)})")
+        raise AdvshieldError(f"kernel_name must be one of {', '.join(KERNELS)}, not {name!r}")
     k2 = torch.outer(k1, k1)
     return (k2 / k2.sum()).float()
 
@@ -41,7 +43,8 @@ class TIFGSM(DIFGSM):
     nsig=3, resize_rate=0.9, diversity_prob=0.5, random_start=False)``; images N×C×H×W in [0,1], any C.
 
     Each gradient is convolved per channel (depthwise, same padding) with :func:`ti_kernel`, then goes through
-    MI-FGSM's momentum (when ``decay`` > 0). ``diversity_prob=0`` disables input diversity."""
+    MI-FGSM's momentum (when ``decay`` > 0). ``diversity_prob=0`` disables input diversity. ``len_kernel``: odd,
+    >= 1 (centred "same" smoothing); ``nsig`` > 0."""
 
     name = "tifgsm"
 
@@ -52,7 +55,10 @@ class TIFGSM(DIFGSM):
         super().__init__(model, eps=eps, alpha=alpha, steps=steps, decay=decay, resize_rate=resize_rate,
                          diversity_prob=diversity_prob, random_start=random_start, seed=seed,
                          resize_mode=resize_mode)
-        self.kernel_name, self.len_kernel, self.nsig = kernel_name, len_kernel, nsig
+        if check_number(len_kernel, "len_kernel", low=1, integer=True) % 2 == 0:
+            raise AdvshieldError(f"len_kernel must be odd (a centred kernel), not {len_kernel!r}")
+        self.kernel_name, self.len_kernel = kernel_name, int(len_kernel)
+        self.nsig = check_number(nsig, "nsig", low=0.0, low_open=True)
         self.kernel = ti_kernel(kernel_name, len_kernel, nsig)  # len×len, CPU float32
         self._weights: dict[tuple[torch.device, torch.dtype, int], torch.Tensor] = {}
 

@@ -17,7 +17,8 @@ import torch
 from torch import nn
 
 from ..errors import AdvshieldError
-from .common import add_runtime_flags, apply_runtime, csv_list, pixels, positive_int
+from .common import (add_runtime_flags, apply_runtime, batch_int, csv_list, finite_float, norm_budget_pixels,
+                     pixels, positive_float, positive_int, size_int, step_pixels, unit_float)
 from .imagetree import (adapt_channels, check_dirs, check_labels, folder_labels, input_channels,  # noqa: F401
                         load_batch, load_folder, plan_outputs, quantize_in_budget, size_batches, write_batch)
 
@@ -32,8 +33,8 @@ def _add_io_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--source-dir", required=True, help="image folder tree to attack (PNG, JPEG, BMP)")
     p.add_argument("--out-dir", required=True, help="where the adversarial PNGs go (same tree and file stems); "
                    "must not be the source dir or inside it; existing files are never replaced")
-    p.add_argument("--batch-size", type=positive_int, default=64, help="images per batch (default 64)")
-    p.add_argument("--eps", type=pixels, default=pixels("16"),
+    p.add_argument("--batch-size", type=batch_int, default=64, help="images per batch (default 64)")
+    p.add_argument("--eps", type=norm_budget_pixels, default=pixels("16"),
                    help="budget in 0-255 pixel units, floats allowed (default 16; L2 attacks: over the image)")
     add_runtime_flags(p)
 
@@ -45,7 +46,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        "needed. Writes 8-bit PNGs within --eps of the 8-bit inputs.")
     _add_io_flags(s)
     s.add_argument("--iters", type=positive_int, default=100, help="iterations (default 100)")
-    s.add_argument("--alpha", type=pixels, default=pixels("2.55"),
+    s.add_argument("--alpha", type=step_pixels, default=pixels("2.55"),
                    help="step size in 0-255 pixel units (default 2.55 = 0.01, the reference's step)")
     s.add_argument("--model", default="zoo:fmnist-vgg", help="feature network spec (default zoo:fmnist-vgg)")
     s.add_argument("--layer", default=None,
@@ -65,13 +66,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--ensemble", type=csv_list, default=None,
                    help="comma-separated model specs: attack their equal-weight logit ensemble (with --model too "
                    "when both are given)")
-    a.add_argument("--alpha", type=pixels, default=None, help="step size in 0-255 pixel units")
+    a.add_argument("--alpha", type=step_pixels, default=None, help="step size in 0-255 pixel units")
     a.add_argument("--steps", type=positive_int, default=None, help="iterations")
-    a.add_argument("--decay", type=float, default=None, help="momentum decay (MI-FGSM family)")
-    a.add_argument("--diversity-prob", type=float, default=None, help="input-diversity probability (DI family)")
-    a.add_argument("--resize-rate", type=float, default=None, help="input-diversity resize rate (DI family)")
-    a.add_argument("--len-kernel", type=positive_int, default=None, help="TI kernel size")
-    a.add_argument("--nsig", type=float, default=None, help="TI Gaussian kernel radius in standard deviations")
+    a.add_argument("--decay", type=finite_float, default=None, help="momentum decay (MI-FGSM family)")
+    a.add_argument("--diversity-prob", type=unit_float, default=None, help="input-diversity probability (DI family)")
+    a.add_argument("--resize-rate", type=positive_float, default=None, help="input-diversity resize rate (DI family)")
+    a.add_argument("--len-kernel", type=size_int, default=None, help="TI kernel size")
+    a.add_argument("--nsig", type=positive_float, default=None, help="TI Gaussian kernel radius in standard deviations")
     a.add_argument("--random-start", action=argparse.BooleanOptionalAction, default=None,
                    help="random start inside the ball (default: the attack's own default)")
     a.add_argument("--targeted", choices=["random", "least_likely"], default=None,

@@ -9,7 +9,8 @@ from ..errors import AdvshieldError
 from ..models import load_model
 from ..registry import ATTACKS, DEFENSES
 from ..utils import pick_device
-from .common import add_runtime_flags, apply_runtime, check_names, command_line, csv_list, pixels, positive_int
+from .common import (add_runtime_flags, apply_runtime, batch_int, budget_pixels, check_names, command_line,
+                     csv_list, norm_budget_pixels, pixels, positive_int)
 
 
 def add_grid_flags(p: argparse.ArgumentParser, n_default: int | None) -> None:
@@ -17,12 +18,12 @@ def add_grid_flags(p: argparse.ArgumentParser, n_default: int | None) -> None:
                    help=f"comma-separated attacks (default: all registered: {', '.join(ATTACKS.names())})")
     p.add_argument("--defenses", type=csv_list, default=None,
                    help=f"comma-separated defenses (default: all registered: {', '.join(DEFENSES.names())})")
-    p.add_argument("--eps", type=pixels, default=pixels("25.5"),
+    p.add_argument("--eps", type=budget_pixels, default=pixels("25.5"),
                    help="L∞ budget in 0-255 pixel units (default 25.5 = 0.1)")
-    p.add_argument("--eps-l2", type=pixels, default=pixels("382.5"),
+    p.add_argument("--eps-l2", type=norm_budget_pixels, default=pixels("382.5"),
                    help="L2 budget in 0-255 units over the whole image (default 382.5 = 1.5 in [0,1] units)")
     p.add_argument("--n", type=positive_int, default=n_default, help="number of images (default %(default)s)")
-    p.add_argument("--batch-size", type=positive_int, default=250)
+    p.add_argument("--batch-size", type=batch_int, default=250)
     p.add_argument("--cache-dir", default=None, help="cache crafted batches here and reuse them on a re-run")
     add_runtime_flags(p)
 

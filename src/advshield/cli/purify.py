@@ -18,9 +18,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..attacks.pgd import PGD
+from ..attacks.bypass import BypassPGD, bypass_attack  # noqa: F401  (library code; BypassPGD re-exported here)
 from ..errors import AdvshieldError, ModelError
-from .common import add_runtime_flags, apply_runtime, command_line, pixels, positive_int
+from .common import (add_runtime_flags, apply_runtime, batch_int, budget_pixels, command_line, pixels,
+                     positive_int, step_pixels, unit_float)
 from .imagetree import (adapt_channels, check_dirs, check_labels, folder_labels, load_batch, load_folder,
                         plan_outputs, size_batches, write_batch)
 
@@ -50,11 +51,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    "be --dir or inside it")
     p.add_argument("--purifier", required=True, help="trained purifier: zoo:NAME or a .safetensors file with its card")
     p.add_argument("--dynamic", action="store_true", help="dynamic inference: add bounded noise before purifying")
-    p.add_argument("--eps", type=pixels, default=pixels("16"),
+    p.add_argument("--eps", type=budget_pixels, default=pixels("16"),
                    help="--dynamic only: noise bound in 0-255 pixel units (default 16)")
-    p.add_argument("--sigma", type=_sigma, default=0.05,
+    p.add_argument("--sigma", type=unit_float, default=0.05,
                    help="--dynamic only: noise standard deviation in [0,1] image units (default 0.05)")
-    p.add_argument("--batch-size", type=positive_int, default=32, help="images per batch (default 32)")
+    p.add_argument("--batch-size", type=batch_int, default=32, help="images per batch (default 32)")
     add_runtime_flags(p)
     p.set_defaults(run=run_purify)
 
@@ -70,21 +71,22 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--test-dir", required=True, help="image folder tree to attack (class sub-folders give labels)")
     b.add_argument("--purifier", required=True, help="trained purifier: zoo:NAME or a .safetensors file with its card")
     b.add_argument("--model", required=True, help="classifier spec (zoo:NAME, file.safetensors, ...)")
-    b.add_argument("--eps", type=pixels, default=pixels("16"), help="L∞ budget in 0-255 pixel units (default 16)")
+    b.add_argument("--eps", type=budget_pixels, default=pixels("16"),
+                   help="L∞ budget in 0-255 pixel units (default 16)")
     b.add_argument("--steps", type=positive_int, default=10, help="PGD iterations (default 10)")
-    b.add_argument("--alpha", type=pixels, default=pixels("2"), help="step in 0-255 pixel units (default 2)")
+    b.add_argument("--alpha", type=step_pixels, default=pixels("2"), help="step in 0-255 pixel units (default 2)")
     b.add_argument("--mode", choices=["full", "bpda"], default="full",
                    help="gradient through the purifier (full, default) or straight through it (bpda)")
     b.add_argument("--eot", type=positive_int, default=1,
                    help="gradient samples averaged per step when the defense is random (--dynamic; default 1)")
     b.add_argument("--dynamic", action="store_true", help="attack the dynamic purifier (noise, then purify)")
-    b.add_argument("--noise-eps", type=pixels, default=pixels("16"),
+    b.add_argument("--noise-eps", type=budget_pixels, default=pixels("16"),
                    help="--dynamic only: noise bound in 0-255 pixel units (default 16)")
-    b.add_argument("--sigma", type=_sigma, default=0.05,
+    b.add_argument("--sigma", type=unit_float, default=0.05,
                    help="--dynamic only: noise standard deviation in [0,1] image units (default 0.05)")
     b.add_argument("--out", default=None, help="write the results here as JSON (never replaced without --overwrite)")
     b.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
-    b.add_argument("--batch-size", type=positive_int, default=32, help="images per batch (default 32)")
+    b.add_argument("--batch-size", type=batch_int, default=32, help="images per batch (default 32)")
     add_runtime_flags(b)
     b.set_defaults(run=run_bypass)
 
@@ -126,35 +128,6 @@ def open_classifier(spec: str) -> nn.Module:
         raise ModelError(f"--model {spec}: {e}") from None
 
 
-class BypassPGD(PGD):
-    """The bypass attack: :class:`~advshield.attacks.pgd.PGD` without random start, in ``"random"`` target mode
-    (a uniformly random class ≠ the label), keeping the targets of each call in :attr:`targets` (one N-tensor per
-    call, on the CPU) so the targeted success rate can be measured."""
-
-    name = "bypass-pgd"
-
-    def __init__(self, model: nn.Module, eps: float = 16 / 255, alpha: float = 2 / 255, steps: int = 10,
-                 seed: int | None = None) -> None:
-        super().__init__(model, eps=eps, alpha=alpha, steps=steps, random_start=False, seed=seed)
-        self.set_target_mode("random")
-        self.targets: list[torch.Tensor] = []
-
-    def perturb(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        self.targets.append(y.detach().cpu())
-        return super().perturb(x, y)
-
-
-def bypass_attack(defended: nn.Module, eps: float = 16 / 255, alpha: float = 2 / 255, steps: int = 10,
-                  eot: int = 1) -> BypassPGD:
-    """:class:`BypassPGD` on ``defended`` (a classifier with its defense in front, [0,1] images → logits); ``eot``
-    gradient samples per step when its defense is randomized (``defended.defense.randomized``), else 1.
-    eps, alpha in [0,1] units."""
-    atk = BypassPGD(defended, eps=eps, alpha=alpha, steps=steps)
-    if getattr(getattr(defended, "defense", None), "randomized", False):
-        atk.eot = eot
-    return atk
-
-
 def _rate(flags: list[bool]) -> float | None:
     return sum(flags) / len(flags) if flags else None
 
@@ -188,7 +161,7 @@ def run_purify(args: argparse.Namespace) -> int:
 
 
 def run_bypass(args: argparse.Namespace) -> int:
-    from ..defenses.purifier import defend
+    from ..defenses import defend
     from ..utils import pick_device, progress, write_json
 
     apply_runtime(args)

@@ -8,7 +8,7 @@ from pathlib import Path
 from ..errors import AdvshieldError
 from ..models.recipes import CLASSIFIER_RECIPES
 from ..registry import MODELS
-from .common import add_runtime_flags, apply_runtime, command_line, positive_int
+from .common import add_runtime_flags, apply_runtime, batch_int, command_line, plain_name, positive_float, positive_int
 from .train_fru import add_fru_parser
 from .train_autoencoder import add_autoencoder_parser
 from .train_purifier import add_purifier_parser
@@ -21,14 +21,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         description="Train with SGD (Nesterov, one-cycle LR), random shift+flip augmentation; "
                         "checkpoint every epoch under OUT/.train/NAME and resume from there.")
     c.add_argument("--recipe", choices=sorted(CLASSIFIER_RECIPES), help="a shipped zoo recipe")
-    c.add_argument("--name", help="name of the zoo entry (default: the recipe's name)")
+    c.add_argument("--name", type=plain_name, help="name of the zoo entry (default: the recipe's name)")
     c.add_argument("--arch", help=f"architecture: {', '.join(MODELS.names())}")
     c.add_argument("--arch-args", default=None, help='JSON of architecture arguments, e.g. \'{"widths": [32,64,128]}\'')
     c.add_argument("--dataset", default="fashion-mnist", help="fashion-mnist, mnist, cifar10 (default fashion-mnist)")
     c.add_argument("--data-root", default=None, help="directory holding the dataset files")
     c.add_argument("--epochs", type=positive_int)
-    c.add_argument("--batch-size", type=positive_int)
-    c.add_argument("--lr", type=float)
+    c.add_argument("--batch-size", type=batch_int)
+    c.add_argument("--lr", type=positive_float)
     c.add_argument("--out-dir", default="zoo", help="where NAME.safetensors and NAME.json go (default zoo)")
     c.add_argument("--fresh", action="store_true", help="ignore a saved training state and start over")
     c.add_argument("--overwrite", action="store_true", help="replace an existing NAME.safetensors in --out-dir")

@@ -5,7 +5,9 @@ import argparse
 from pathlib import Path
 
 from ..errors import AdvshieldError
-from .common import add_runtime_flags, apply_runtime, command_line, csv_list, non_negative_int, pixels, positive_int
+from .common import (add_runtime_flags, apply_runtime, batch_int, budget_pixels, command_line, csv_list,
+                     finite_float, min_budget_pixels, non_negative_float, non_negative_int, plain_name,
+                     positive_float, positive_int, size_int)
 
 
 def add_autoencoder_parser(tsub: argparse._SubParsersAction) -> None:
@@ -17,12 +19,12 @@ def add_autoencoder_parser(tsub: argparse._SubParsersAction) -> None:
         "attacked against the frozen --model with FGSM or PGD (one per step) at an eps drawn from "
         "[--eps-min, --eps-max]; the purifier learns MSE(clean, AE(input)) (+ beta*KL per pixel for a VAE). "
         "Checkpoints every --save-every steps under OUT/.train/NAME and resumes from there. eps in 0-255 units.")
-    p.add_argument("--name", help="name of the zoo entry (required)")
+    p.add_argument("--name", type=plain_name, help="name of the zoo entry (required)")
     p.add_argument("--kind", default="ae", help="ae (autoencoder, optional latent noise) or vae (default ae)")
     p.add_argument("--arch", default=None, help=f"config: {', '.join(sorted(AE_CONFIGS))} "
                    "(default ae-fmnist / vae-fmnist)")
-    p.add_argument("--latent-dim", type=positive_int, default=None, help="latent size (default: the config's)")
-    p.add_argument("--latent-noise", type=float, default=None,
+    p.add_argument("--latent-dim", type=size_int, default=None, help="latent size (default: the config's)")
+    p.add_argument("--latent-noise", type=non_negative_float, default=None,
                    help="ae only: σ of the Gaussian latent noise, kept at inference (default 1.0; 0 = vanilla)")
     p.add_argument("--model", default="zoo:fmnist-lenet",
                    help="frozen classifier the adversaries are made against (default zoo:fmnist-lenet)")
@@ -30,25 +32,26 @@ def add_autoencoder_parser(tsub: argparse._SubParsersAction) -> None:
                    "(train split; the test split for the final metrics)")
     p.add_argument("--data-root", default=None, help="directory holding the dataset files")
     p.add_argument("--attacks", type=csv_list, default=["fgsm", "pgd"], help="training attacks (default fgsm,pgd)")
-    p.add_argument("--eps-min", type=pixels, default=5 / 255, help="smallest eps, 0-255 (default 5)")
-    p.add_argument("--eps-max", type=pixels, default=51 / 255, help="largest eps, 0-255 (default 51 = 0.2)")
+    p.add_argument("--eps-min", type=min_budget_pixels, default=5 / 255, help="smallest eps, 0-255 (default 5)")
+    p.add_argument("--eps-max", type=budget_pixels, default=51 / 255, help="largest eps, 0-255 (default 51 = 0.2)")
     p.add_argument("--pgd-steps", type=positive_int, default=3, help="PGD iterations (step 2.5*eps/steps; default 3)")
-    p.add_argument("--clean-fraction", type=float, default=0.67, help="share of each batch left clean (default 0.67)")
+    p.add_argument("--clean-fraction", type=finite_float, default=0.67,
+                   help="share of each batch left clean (default 0.67)")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--steps", type=positive_int, default=7000, help="training steps (default 7000)")
     g.add_argument("--epochs", type=positive_int, default=None,
                    help="epochs over the training set (instead of --steps)")
-    p.add_argument("--batch-size", type=positive_int, default=96, help="default 96")
-    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
-    p.add_argument("--beta", type=float, default=0.1, help="vae only: weight of the per-pixel KL term "
+    p.add_argument("--batch-size", type=batch_int, default=96, help="default 96")
+    p.add_argument("--lr", type=positive_float, default=1e-3, help="Adam learning rate (default 1e-3)")
+    p.add_argument("--beta", type=non_negative_float, default=0.1, help="vae only: weight of the per-pixel KL term "
                    "(default 0.1; 1 = the ELBO of a Gaussian decoder with variance 1/2)")
-    p.add_argument("--guide", type=float, default=0.0,
+    p.add_argument("--guide", type=finite_float, default=0.0,
                    help="weight of a classifier-guided term KL(f(x) || f(AE(input))) on the frozen --model "
                    "(HGD-style, not in the seed; default 0 = pure reconstruction loss)")
     p.add_argument("--out-dir", default="zoo", help="where NAME.safetensors and NAME.json go (default zoo)")
     p.add_argument("--save-every", type=positive_int, default=200, help="checkpoint interval in steps (default 200)")
     p.add_argument("--log-every", type=positive_int, default=20, help="CSV/log interval in steps (default 20)")
-    p.add_argument("--eval-eps", type=pixels, default=0.1, help="eps of the final metrics, 0-255 (default 25.5)")
+    p.add_argument("--eval-eps", type=budget_pixels, default=0.1, help="eps of the final metrics, 0-255 (default 25.5)")
     p.add_argument("--eval-images", type=non_negative_int, default=500,
                    help="test images for the final metrics (default 500; 0 skips)")
     r = p.add_mutually_exclusive_group()

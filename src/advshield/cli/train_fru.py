@@ -5,7 +5,9 @@ import argparse
 from pathlib import Path
 
 from ..errors import AdvshieldError
-from .common import add_runtime_flags, apply_runtime, command_line, csv_list, non_negative_int, pixels, positive_int
+from .common import (add_runtime_flags, apply_runtime, batch_int, command_line, csv_list, finite_float,
+                     non_negative_int, norm_budget_pixels, pixels, plain_name, positive_float, positive_int,
+                     size_int)
 
 
 def add_fru_parser(tsub: argparse._SubParsersAction) -> None:
@@ -15,27 +17,28 @@ def add_fru_parser(tsub: argparse._SubParsersAction) -> None:
                         "perturbed images and the base's cross-entropy; only FRU parameters change. Checkpoints "
                         "under OUT/.train/NAME; resumes by default.")
     p.add_argument("--model", required=True, help="base classifier: zoo:NAME or a .safetensors file with its card")
-    p.add_argument("--name", default=None, help="zoo name of the result (default: BASE-fru)")
+    p.add_argument("--name", type=plain_name, default=None, help="zoo name of the result (default: BASE-fru)")
     p.add_argument("--attack", default="uap", help="universal attack of the training pool (default uap)")
-    p.add_argument("--eps", type=pixels, default=pixels("25.5"), help="pool strength, 0-255 units (default 25.5)")
+    p.add_argument("--eps", type=norm_budget_pixels, default=pixels("25.5"),
+                   help="pool strength, 0-255 units (default 25.5)")
     p.add_argument("--norm", default="linf", choices=["linf", "l2"])
-    p.add_argument("--pool-size", type=positive_int, default=8, help="pool perturbations (default 8)")
+    p.add_argument("--pool-size", type=size_int, default=8, help="pool perturbations (default 8)")
     p.add_argument("--pool-images", type=positive_int, default=1000,
                    help="training images each pool perturbation is fitted on (default 1000)")
     p.add_argument("--layers", type=csv_list, default=None, help="conv layer names (default: the first --k)")
     p.add_argument("--k", type=positive_int, default=6, help="number of early conv layers (default 6)")
-    p.add_argument("--fraction", type=float, default=0.5, help="share of filters regenerated (default 0.5)")
-    p.add_argument("--depth", type=positive_int, default=None, help="FRU depth D (default N, the channels)")
+    p.add_argument("--fraction", type=finite_float, default=0.5, help="share of filters regenerated (default 0.5)")
+    p.add_argument("--depth", type=size_int, default=None, help="FRU depth D (default N, the channels)")
     p.add_argument("--no-synthetic", dest="synthetic", action="store_false",
                    help="draw pool members only (no convex combinations, shifts, mirroring)")
-    p.add_argument("--zoom", type=float, default=0.0,
+    p.add_argument("--zoom", type=finite_float, default=0.0,
                    help="share (0-1) of drawn perturbations replaced by zoomed-in crops of pool UAPs, rescaled to "
                    "the budget: lower-frequency variants (default 0)")
-    p.add_argument("--negate", type=float, default=0.0,
+    p.add_argument("--negate", type=finite_float, default=0.0,
                    help="share (0-1) of drawn perturbations used with the opposite sign (default 0)")
     p.add_argument("--steps", type=positive_int, default=1500)
-    p.add_argument("--batch-size", type=positive_int, default=64)
-    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--batch-size", type=batch_int, default=64)
+    p.add_argument("--lr", type=positive_float, default=1e-3)
     p.add_argument("--data", default="fashion-mnist", help="dataset with train and test splits")
     p.add_argument("--data-root", default=None)
     p.add_argument("--eval-images", type=non_negative_int, default=2000)

@@ -5,7 +5,9 @@ import argparse
 from pathlib import Path
 
 from ..errors import AdvshieldError
-from .common import add_runtime_flags, apply_runtime, command_line, non_negative_int, pixels, positive_int
+from .common import (add_runtime_flags, apply_runtime, batch_int, budget_pixels, command_line, min_budget_pixels,
+                     non_negative_float, non_negative_int, plain_name, positive_float, positive_int, size_int,
+                     step_pixels, unit_float, worker_count)
 
 
 def add_purifier_parser(tsub: argparse._SubParsersAction) -> None:
@@ -17,7 +19,7 @@ def add_purifier_parser(tsub: argparse._SubParsersAction) -> None:
         "purifier P trained on 5e-3*RaGAN + 1e-2*pixel MSE + 1*feature MAE, critic trained to tell x from P(x'). "
         "Checkpoints every --save-every steps under OUT/.train/NAME and resumes from there. "
         "eps and SSP step are in 0-255 units.")
-    p.add_argument("--name", help="name of the zoo entry (required)")
+    p.add_argument("--name", type=plain_name, help="name of the zoo entry (required)")
     p.add_argument("--arch", default="nrp-small", help=f"purifier config: {', '.join(sorted(NRP_CONFIGS))} "
                    "(default nrp-small)")
     p.add_argument("--data", default="fashion-mnist",
@@ -29,27 +31,30 @@ def add_purifier_parser(tsub: argparse._SubParsersAction) -> None:
     p.add_argument("--layer", default=None, help="feature layer (default: the classifier's default feature layer, "
                    "or conv3_3 for vgg16-features)")
     p.add_argument("--steps", type=positive_int, default=2000, help="training steps (default 2000)")
-    p.add_argument("--batch-size", type=positive_int, default=16, help="default 16")
-    p.add_argument("--crop", type=positive_int, default=28, help="crop size in pixels (default 28)")
-    p.add_argument("--eps", type=pixels, default=16 / 255, help="L∞ budget of the adversaries, 0-255 (default 16)")
+    p.add_argument("--batch-size", type=batch_int, default=16, help="default 16")
+    p.add_argument("--crop", type=size_int, default=28, help="crop size in pixels (default 28)")
+    p.add_argument("--eps", type=budget_pixels, default=16 / 255,
+                   help="L∞ budget of the adversaries, 0-255 (default 16)")
     p.add_argument("--ssp-steps", type=positive_int, default=10, help="SSP iterations per batch (default 10)")
-    p.add_argument("--ssp-alpha", type=pixels, default=2 / 255, help="SSP step, 0-255 (default 2)")
+    p.add_argument("--ssp-alpha", type=step_pixels, default=2 / 255, help="SSP step, 0-255 (default 2)")
     p.add_argument("--adversary", default="ssp",
                    help="ssp (default), gaussian (GNP ablation), fgsm (FGSP ablation), mi-di (extension: DIM on the "
                    "feature classifier's predictions), or several joined by + (the batch is split among them)")
-    p.add_argument("--eps-min", type=pixels, default=None,
+    p.add_argument("--eps-min", type=min_budget_pixels, default=None,
                    help="extension (not in the paper): rescale each sample's perturbation to a budget drawn from "
                    "[eps-min, eps], 0-255 (default: off, all at eps)")
-    p.add_argument("--clean-fraction", type=float, default=0.0,
+    p.add_argument("--clean-fraction", type=unit_float, default=0.0,
                    help="extension (not in the paper): share of each batch left clean, 0-1 (default 0)")
     p.add_argument("--no-feat", action="store_true", help="ablation: drop the feature loss")
     p.add_argument("--no-pixel", action="store_true", help="ablation: drop the pixel loss")
     p.add_argument("--vanilla-gan", action="store_true", help="ablation: vanilla instead of relativistic GAN loss")
-    p.add_argument("--critic-width", type=positive_int, default=32, help="critic base width (default 32)")
-    p.add_argument("--alpha-adv", type=float, default=5e-3, help="weight α of the GAN term (default 5e-3)")
-    p.add_argument("--gamma-img", type=float, default=1e-2, help="weight γ of the pixel L2 term (default 1e-2)")
-    p.add_argument("--lambda-feat", type=float, default=1.0, help="weight λ of the feature MAE term (default 1)")
-    p.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate of both nets (default 1e-4)")
+    p.add_argument("--critic-width", type=size_int, default=32, help="critic base width (default 32)")
+    p.add_argument("--alpha-adv", type=non_negative_float, default=5e-3, help="weight α of the GAN term (default 5e-3)")
+    p.add_argument("--gamma-img", type=non_negative_float, default=1e-2,
+                   help="weight γ of the pixel L2 term (default 1e-2)")
+    p.add_argument("--lambda-feat", type=non_negative_float, default=1.0,
+                   help="weight λ of the feature MAE term (default 1)")
+    p.add_argument("--lr", type=positive_float, default=1e-4, help="Adam learning rate of both nets (default 1e-4)")
     p.add_argument("--out-dir", default="zoo", help="where NAME.safetensors and NAME.json go (default zoo)")
     p.add_argument("--save-every", type=positive_int, default=200, help="checkpoint interval in steps (default 200)")
     p.add_argument("--log-every", type=positive_int, default=10, help="CSV/log interval in steps (default 10)")
@@ -61,7 +66,7 @@ def add_purifier_parser(tsub: argparse._SubParsersAction) -> None:
     p.set_defaults(fresh=False)
     p.add_argument("--overwrite", action="store_true", help="replace an existing NAME.safetensors in --out-dir")
     p.add_argument("--amp", action="store_true", help="bfloat16 autocast on CUDA (no effect on CPU)")
-    p.add_argument("--workers", type=non_negative_int, default=0, help="DataLoader worker processes (default 0)")
+    p.add_argument("--workers", type=worker_count, default=0, help="DataLoader worker processes (default 0)")
     add_runtime_flags(p)
     p.set_defaults(run=run_purifier)
 

@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import AdvshieldError
-from .common import add_runtime_flags, apply_runtime, command_line, pixels, positive_int
+from .common import (add_runtime_flags, apply_runtime, batch_int, command_line, finite_pixels,
+                     positive_int, size_int)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -35,14 +36,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--held-out", type=positive_int, default=1000,
                    help="held-out images for the second fooling rate (default 1000): the first ones of the test "
                    "split when fitting on train, else the images after the fit set")
-    p.add_argument("--size", type=positive_int, default=None, help="image folders: resize every image to SIZE×SIZE")
-    p.add_argument("--eps", type=pixels, required=True,
+    p.add_argument("--size", type=size_int, default=None, help="image folders: resize every image to SIZE×SIZE")
+    p.add_argument("--eps", type=finite_pixels, required=True,
                    help="budget in 0-255 units: L∞ per pixel (25.5 = 0.1), or the L2 norm of δ on the 0-255 scale "
                    "(382.5 = 1.5 in [0,1] units)")
     p.add_argument("--norm", default="linf", choices=["linf", "l2"], help="budget norm (default linf)")
     p.add_argument("--iters", type=positive_int, default=None,
                    help="main iteration count: passes (uap), epochs (spgd, gap), steps (fff); default: the method's")
-    p.add_argument("--batch-size", type=positive_int, default=None, help="images per batch (default: the method's)")
+    p.add_argument("--batch-size", type=batch_int, default=None, help="images per batch (default: the method's)")
     p.add_argument("--out", required=True, help="the perturbation file to write (FILE.npy; sidecar FILE.json)")
     p.add_argument("--png", default=None, help="also write a picture of δ ([-eps, eps] → [0, 255]; L2: ±max|δ|)")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")

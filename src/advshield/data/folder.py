@@ -1,5 +1,5 @@
-"""Image folders: ``root/<class>/**/*.png`` (labelled, like torchvision's ImageFolder) or a flat tree of
-images (label -1). Images are read with Pillow into float32 C×H×W tensors in [0,1].
+"""Image folders: ``root/<class>/**/*.png`` (labelled: class indices from :mod:`advshield.data.labels`) or a
+flat tree of images (label -1). Images are read with Pillow into float32 C×H×W tensors in [0,1].
 
 Pixel modes are handled explicitly: 8-bit values are divided by 255, 16-bit ones by 65535; alpha channels
 are dropped (not composited onto a background); palette, CMYK and YCbCr images become RGB. Pillow itself
@@ -9,6 +9,7 @@ is not applied: pixels are used as stored.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ from PIL import Image
 
 from ..errors import DataError
 from ..utils import atomic_path
+from .labels import resolve_labels
 from .tensors import TensorDataset
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp")
@@ -36,9 +38,14 @@ def is_image(path: Path) -> bool:
 
 
 def _walk_images(d: Path) -> list[Path]:
-    """Image files under ``d`` (recursive, hidden entries skipped), sorted by relative path."""
+    """Image files under ``d`` (recursive, hidden entries skipped), sorted by relative path. A directory that
+    cannot be listed is a one-line DataError (never silently skipped: that would shift labels)."""
+    def fail(e: OSError) -> None:
+        where = e.filename or d
+        raise DataError(f"cannot read folder {where}: {e.strerror or _one_line(e)}") from None
+
     out = []
-    for dirpath, dirnames, filenames in os.walk(d):
+    for dirpath, dirnames, filenames in os.walk(d, onerror=fail):
         dirnames[:] = [n for n in dirnames if not n.startswith(".")]
         out.extend(Path(dirpath) / f for f in filenames if is_image(Path(f)))
     return sorted(out, key=lambda p: p.relative_to(d).parts)
@@ -47,9 +54,13 @@ def _walk_images(d: Path) -> list[Path]:
 class ImageFolder:
     """Image files under ``root``, listed once in a deterministic order.
 
-    If sub-directories of ``root`` contain images, each such directory is a class (classes sorted by name,
-    label = index; images found recursively inside; files directly in ``root`` are ignored). Otherwise all
-    images under ``root`` are unlabelled: label -1 and ``classes == []``.
+    If any non-hidden sub-directory of ``root`` holds an image (recursively), the tree has class folders: EVERY
+    non-hidden sub-directory is a class, empty ones included (so an empty class never shifts the others);
+    ``classes`` are their names sorted, ``class_counts`` their image counts, and ``labels[i]`` the position of
+    image ``i``'s class in ``classes`` (the raw position: :func:`advshield.data.labels.resolve_labels` turns it
+    into a class index). Images are found recursively inside class folders; files directly in ``root`` are
+    ignored. Otherwise all images under ``root`` are unlabelled: label -1 and ``classes == []``. A folder that
+    cannot be listed is a DataError.
     """
 
     def __init__(self, root: str | os.PathLike, channels: int | None = None) -> None:
@@ -59,13 +70,18 @@ class ImageFolder:
             raise DataError(f"image folder {self.root} does not exist")
         if not self.root.is_dir():
             raise DataError(f"{self.root} is not a directory")
-        subdirs = sorted(p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        try:
+            subdirs = sorted(p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        except OSError as e:
+            raise DataError(f"cannot read folder {self.root}: {e.strerror or _one_line(e)}") from None
         per_class = [(d.name, _walk_images(d)) for d in subdirs]
-        per_class = [(name, files) for name, files in per_class if files]
         self.files: list[Path] = []
         self.labels: list[int] = []
-        self.classes: list[str] = [name for name, _ in per_class]
-        if per_class:
+        self.classes: list[str] = []
+        self.class_counts: list[int] = []
+        if any(files for _, files in per_class):
+            self.classes = [name for name, _ in per_class]
+            self.class_counts = [len(files) for _, files in per_class]
             for label, (_, files) in enumerate(per_class):
                 self.files += files
                 self.labels += [label] * len(files)
@@ -207,13 +223,19 @@ def size_pair(size: int | tuple[int, int]) -> tuple[int, int]:
 
 
 def image_folder(root: str | os.PathLike, channels: int | None = None,
-                 size: int | tuple[int, int] | None = None) -> TensorDataset:
-    """All images under ``root`` as a uint8 N×C×H×W :class:`TensorDataset` (labels -1 for a flat folder).
+                 size: int | tuple[int, int] | None = None,
+                 class_map: Mapping[str, int] | str | os.PathLike | None = None,
+                 labels: str = "auto") -> TensorDataset:
+    """All images under ``root`` as a uint8 N×C×H×W :class:`TensorDataset`.
 
-    Images must share one size unless ``size=(H, W)`` is given, in which case each is resized (bilinear).
-    Grayscale and colour images can only be mixed with ``channels`` set.
+    Labels come from :func:`~advshield.data.labels.resolve_labels` (``labels`` "auto", "folder" or "model";
+    ``class_map`` a dict or JSON file): class indices for a tree with class folders, -1 for a flat tree or
+    ``labels="model"``. ``classes`` are then the class names by index and ``class_mapping`` the folder → index
+    mapping (None without class folders). Images must share one size unless ``size=(H, W)`` is given, in which
+    case each is resized (bilinear). Grayscale and colour images can only be mixed with ``channels`` set.
     """
     folder = ImageFolder(root, channels)
+    plan = resolve_labels(folder, labels, class_map)
     hw = size_pair(size) if size is not None else None
     shapes = [header_shape(f, channels) for f in folder.files]
     if len({s[0] for s in shapes}) > 1:
@@ -230,8 +252,10 @@ def image_folder(root: str | os.PathLike, channels: int | None = None,
         x = folder.load(i)
         images[i] = to_uint8(resize(x, (h, w)) if hw else x)
     name = folder.root.resolve().name or "images"
-    return TensorDataset(images, torch.tensor(folder.labels, dtype=torch.int64), classes=list(folder.classes),
-                         name=name)
+    y = plan.labels if plan.labels is not None else [-1] * len(folder)
+    classes = plan.mapping.names() if plan.mapping is not None else []
+    return TensorDataset(images, torch.tensor(y, dtype=torch.int64), classes=classes, name=name,
+                         class_mapping=plan.mapping)
 
 
 def save_png(x: torch.Tensor, path: str | os.PathLike) -> None:

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..checks import check_number
 from ..registry import DEFENSES
 from .base import Defense
 
@@ -57,9 +58,7 @@ class JPEG(Defense):
 
     def __init__(self, quality: int = 75) -> None:
         super().__init__()
-        if not 1 <= int(quality) <= 100:
-            raise ValueError(f"quality must be in 1..100, got {quality}")
-        self.quality = int(quality)
+        self.quality = int(check_number(quality, "quality", low=1, high=100, integer=True))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, c, h, w = x.shape

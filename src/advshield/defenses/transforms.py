@@ -10,6 +10,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from ..checks import check_number
+from ..errors import AdvshieldError
 from ..registry import DEFENSES
 from .base import Defense
 
@@ -21,6 +23,9 @@ def _pad_reflect(x: torch.Tensor, r: int) -> torch.Tensor:
         return x
     mode = "reflect" if r < min(x.shape[-2:]) else "replicate"
     return F.pad(x, (r, r, r, r), mode=mode)
+
+
+MAX_WINDOW = 101  # largest median window / blur kernel (pixels): bigger ones only burn memory
 
 
 class _SelfSubstitute(Defense):
@@ -38,7 +43,7 @@ class _SelfSubstitute(Defense):
 class BitDepth(Defense):
     """Bit-depth reduction (Xu et al. 2018): ``round(x·(2^b−1)) / (2^b−1)``.
 
-    Args: ``bits`` (1–16, default 4). Not differentiable (the gradient is zero almost everywhere); not
+    Args: ``bits`` (1–8, default 4). Not differentiable (the gradient is zero almost everywhere); not
     randomized; BPDA substitute: identity.
     """
 
@@ -48,9 +53,7 @@ class BitDepth(Defense):
 
     def __init__(self, bits: int = 4) -> None:
         super().__init__()
-        if not 1 <= int(bits) <= 16:
-            raise ValueError(f"bits must be in 1..16, got {bits}")
-        self.bits = int(bits)
+        self.bits = int(check_number(bits, "bits", low=1, high=8, integer=True))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         levels = 2**self.bits - 1
@@ -62,7 +65,7 @@ class Median(Defense):
     """Per-channel median filter over a ``window``×``window`` neighbourhood with reflect padding (the edge pixel
     is not repeated; scipy's ``mode="mirror"``), vectorised with ``unfold``.
 
-    Args: ``window`` (odd, default 3). Differentiable (autograd routes the gradient to the selected pixel, so it
+    Args: ``window`` (odd, 1–101, default 3). Differentiable (autograd routes the gradient to the selected pixel, so it
     is sparse); not randomized; BPDA substitute: identity.
     """
 
@@ -72,9 +75,9 @@ class Median(Defense):
 
     def __init__(self, window: int = 3) -> None:
         super().__init__()
-        if window < 1 or window % 2 == 0:
-            raise ValueError(f"window must be a positive odd integer, got {window}")
-        self.window = int(window)
+        self.window = int(check_number(window, "window", low=1, high=MAX_WINDOW, integer=True))
+        if self.window % 2 == 0:
+            raise AdvshieldError(f"window must be a positive odd integer, not {window!r}")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         k = self.window
@@ -101,7 +104,8 @@ def gaussian_kernel1d(sigma: float, size: int, dtype: torch.dtype = torch.float3
 class GaussianBlur(_SelfSubstitute):
     """Separable Gaussian blur per channel (depthwise conv), reflect padding (scipy ``mode="mirror"``).
 
-    Args: ``sigma`` in pixels (default 1.0; 0 = identity), ``kernel_size`` (odd; default ``2·ceil(3σ)+1``).
+    Args: ``sigma`` in pixels (0–16.7, default 1.0; 0 = identity), ``kernel_size`` (odd, ≤ 101; default
+    ``2·ceil(3σ)+1``).
     Differentiable; not randomized; BPDA substitute: the blur itself (BPDA = plain autograd).
     """
 
@@ -111,11 +115,13 @@ class GaussianBlur(_SelfSubstitute):
 
     def __init__(self, sigma: float = 1.0, kernel_size: int | None = None) -> None:
         super().__init__()
-        if sigma < 0:
-            raise ValueError(f"sigma must be >= 0, got {sigma}")
-        size = 2 * math.ceil(3 * sigma) + 1 if kernel_size is None else int(kernel_size)
-        if size < 1 or size % 2 == 0:
-            raise ValueError(f"kernel_size must be a positive odd integer, got {kernel_size}")
+        sigma = check_number(sigma, "sigma", low=0.0, high=(MAX_WINDOW - 1) / 6)
+        if kernel_size is None:
+            size = 2 * math.ceil(3 * sigma) + 1
+        else:
+            size = int(check_number(kernel_size, "kernel_size", low=1, high=MAX_WINDOW, integer=True))
+            if size % 2 == 0:
+                raise AdvshieldError(f"kernel_size must be a positive odd integer, not {kernel_size!r}")
         self.sigma = float(sigma)
         self.kernel_size = size
 
@@ -140,7 +146,7 @@ class RandomResizePad(_SelfSubstitute):
     Adaptation: Xie et al. feed the larger padded image to the network; advshield keeps the shape so the defense
     fits in front of any classifier. Each image of a batch gets its own size and offset.
 
-    Args: ``max_scale`` (≥ 1, default 1.15), ``seed`` (None: torch's global RNG; an int: a private
+    Args: ``max_scale`` (1–8, default 1.15), ``seed`` (None: torch's global RNG; an int: a private
     ``torch.Generator``, so two instances with the same seed produce the same sequence of draws).
     Differentiable (interpolation and padding); randomized (attack with EOT); BPDA substitute: itself.
     """
@@ -151,10 +157,8 @@ class RandomResizePad(_SelfSubstitute):
 
     def __init__(self, max_scale: float = 1.15, seed: int | None = None) -> None:
         super().__init__()
-        if max_scale < 1:
-            raise ValueError(f"max_scale must be >= 1, got {max_scale}")
-        self.max_scale = float(max_scale)
-        self.seed = seed
+        self.max_scale = check_number(max_scale, "max_scale", low=1.0, high=8.0)
+        self.seed = None if seed is None else int(check_number(seed, "seed", integer=True))
         self.generator = None if seed is None else torch.Generator().manual_seed(int(seed))
 
     def _randint(self, low: int, high: int) -> int:

@@ -4,6 +4,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..checks import check_number
+from ..errors import AdvshieldError
 from ..registry import DEFENSES
 from .base import Defense
 
@@ -87,11 +89,13 @@ class TVM(Defense):
     def __init__(self, drop_prob: float = 0.5, weight: float = 0.03, seed: int | None = None,
                  iters: int = 100) -> None:
         super().__init__()
-        if not 0 <= drop_prob < 1:
-            raise ValueError(f"drop_prob must be in [0, 1), got {drop_prob}")
-        if weight < 0 or iters < 0:
-            raise ValueError("weight and iters must be >= 0")
-        self.drop_prob, self.weight, self.iters, self.seed = float(drop_prob), float(weight), int(iters), seed
+        drop_prob = check_number(drop_prob, "drop_prob", low=0.0, high=1.0)
+        if drop_prob >= 1:
+            raise AdvshieldError(f"drop_prob must be in [0, 1), not {drop_prob!r}")
+        weight = check_number(weight, "weight", low=0.0)
+        iters = int(check_number(iters, "iters", low=0, high=100_000, integer=True))
+        seed = None if seed is None else int(check_number(seed, "seed", integer=True))
+        self.drop_prob, self.weight, self.iters, self.seed = drop_prob, weight, iters, seed
         self.generator = None if seed is None else torch.Generator().manual_seed(int(seed))
 
     def sample_mask(self, n: int, h: int, w: int) -> torch.Tensor:

@@ -26,7 +26,9 @@ from torch import nn
 
 from ..attacks.base import Attack
 from ..attacks.threat import BudgetError
+from ..checks import check_number
 from ..defenses.base import Defended
+from ..errors import AdvshieldError
 from ..utils import atomic_path, progress
 from .metrics import accuracy, attack_success_rate, fooling_rate, restoration_accuracy
 
@@ -84,6 +86,22 @@ class GridResults:
                         "attacks": names})
         return out
 
+    def __repr__(self) -> str:
+        """``GridResults(200 images; 2 attacks (fgsm, pgd), 1 source (vgg), 2 defenses (none, jpeg), 1 target;
+        clean accuracy vgg 0.910)``: counts, up to 4 names each, undefended clean accuracy per target."""
+
+        def few(kind: str, names: list[str]) -> str:
+            shown = ", ".join(names[:4]) + (", ..." if len(names) > 4 else "")
+            return f"{len(names)} {kind}{'' if len(names) == 1 else 's'}" + (f" ({shown})" if names else "")
+
+        targets = list(self.base_pred)
+        acc = ", ".join(f"{t} {accuracy(self.clean_pred.get(('none', t), self.base_pred[t]), self.labels):.3f}"
+                        for t in targets)
+        parts = [few("attack", list(dict.fromkeys(k[0] for k in self.adv_pred))),
+                 few("source", list(dict.fromkeys(k[1] for k in self.adv_pred))),
+                 few("defense", list(dict.fromkeys(k[0] for k in self.clean_pred))), few("target", targets)]
+        return f"GridResults({len(self.labels)} images; {', '.join(parts)}; clean accuracy {acc or '-'})"
+
     def to_json(self) -> dict[str, Any]:
         return {"meta": self.meta, "attacks": self.attack_info, "rows": self.rows(), "worst_case": self.worst_case()}
 
@@ -122,13 +140,13 @@ class Engine:
         self.log = log or (lambda s: None)
         bad = [m for m in adaptive if m not in ADAPTIVE_MODES]
         if bad:
-            raise ValueError(f"unknown adaptive mode {bad[0]!r} (known: {', '.join(ADAPTIVE_MODES)})")
+            raise AdvshieldError(f"adaptive: unknown mode {bad[0]!r} (known: {', '.join(ADAPTIVE_MODES)})")
         self.adaptive = tuple(adaptive)
-        self.eot = eot
+        self.eot = int(check_number(eot, "eot", low=1, integer=True))
         self.perturbations = {k: v.detach().float().to(self.device) for k, v in (perturbations or {}).items()}
         for k, v in self.perturbations.items():
             if v.dim() != 3 or not torch.isfinite(v).all():
-                raise ValueError(f"perturbation {k!r} must be a finite C×H×W tensor, not {tuple(v.shape)}")
+                raise AdvshieldError(f"perturbations: {k!r} must be a finite C×H×W tensor, not {tuple(v.shape)}")
         self.baselines = {t: baselines.get(t, m) for t, m in targets.items()} if baselines else dict(targets)
         self._built: dict[tuple[str, str], Attack] = {}
         for m in [*self.targets.values(), *self.defenses.values(), *self.baselines.values()]:
@@ -218,7 +236,8 @@ class Engine:
                     adv[(a, f"adaptive-{mode}", d, t)].append(p)
             for p, delta in self.perturbations.items():
                 if delta.shape != x.shape[1:]:
-                    raise ValueError(f"perturbation {p!r} is {tuple(delta.shape)}, images are {tuple(x.shape[1:])}")
+                    raise AdvshieldError(f"perturbations: {p!r} is {tuple(delta.shape)}, images are "
+                                         f"{tuple(x.shape[1:])}")
                 for k, pred in self._classify((x + delta).clamp(0, 1)).items():
                     adv[(p, "universal", *k)].append(pred)
             start += len(x)

@@ -304,7 +304,11 @@ def load_feature_model(spec: str, layer: str | None, log: Callable[[str], None] 
             log("warning: vgg16-features without weights has random weights (give vgg16-features:PATH)")
         model.eval().requires_grad_(False)
         return model, None, False, note
+    from ..attacks.ssp import TORCHSCRIPT_LAYER_ERROR
+
     model = load_model(spec)
+    if any(isinstance(m, torch.jit.ScriptModule) for m in model.modules()):
+        raise AdvshieldError(TORCHSCRIPT_LAYER_ERROR)
     layer = layer or getattr(model, "default_feature_layer", None)
     if layer is None:
         raise AdvshieldError(f"{spec} has no default feature layer; pass --layer")

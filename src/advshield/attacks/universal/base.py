@@ -17,25 +17,35 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ...errors import DataError
+from ...checks import check_eps, check_images, check_number
+from ...errors import AdvshieldError, DataError
 from ...utils import progress
-from ..base import frozen_eval
+from ..base import check_model, check_seed, format_setting, frozen_eval
 
 NORMS = ("linf", "l2")
 Shape = tuple[int, int, int]
 
 
 # -- the budget ---------------------------------------------------------------------------------------------
-def check_budget(eps: float, norm: str) -> None:
-    """ValueError unless ``norm`` is ``"linf"``/``"l2"`` and ``eps`` is a finite non-negative number."""
+def check_budget(eps: float, norm: str) -> float:
+    """``eps`` as a float; :class:`AdvshieldError` unless ``norm`` is ``"linf"``/``"l2"`` and ``eps`` is finite,
+    > 0 and (L∞) at most 1."""
     if norm not in NORMS:
-        raise ValueError(f"norm must be 'linf' or 'l2', not {norm!r}")
-    try:
-        ok = 0 <= float(eps) < float("inf")
-    except (TypeError, ValueError):
-        ok = False
-    if not ok:
-        raise ValueError(f"eps must be a finite non-negative number, not {eps!r}")
+        raise AdvshieldError(f"norm must be 'linf' or 'l2', not {norm!r}")
+    return check_eps(eps, "eps", norm)
+
+
+def check_delta(delta: Any, shape: Sequence[int] | None = None, name: str = "delta") -> torch.Tensor:
+    """``delta`` must be a finite floating-point C×H×W tensor (of ``shape`` when given)."""
+    if not isinstance(delta, torch.Tensor) or not delta.is_floating_point() or delta.dim() != 3:
+        what = f"{delta.dtype} tensor of shape {tuple(delta.shape)}" if isinstance(delta, torch.Tensor) else \
+            type(delta).__name__
+        raise AdvshieldError(f"{name} must be a float C×H×W tensor, not a {what}")
+    if shape is not None and tuple(delta.shape) != tuple(shape):
+        raise AdvshieldError(f"{name} is {tuple(delta.shape)} (C×H×W), the images are {tuple(shape)}")
+    if not bool(torch.isfinite(delta.detach()).all()):
+        raise AdvshieldError(f"{name} contains NaN or inf")
+    return delta
 
 
 def project(delta: torch.Tensor, eps: float, norm: str) -> torch.Tensor:
@@ -79,7 +89,18 @@ def clipped_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, clip: floa
 
 
 def apply_perturbation(x: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
-    """``clamp(x + δ, 0, 1)`` for x N×C×H×W (or C×H×W) in [0,1] and δ C×H×W (moved to x's device/dtype)."""
+    """``clamp(x + δ, 0, 1)`` for x N×C×H×W (or C×H×W) float in [0,1] and δ a finite C×H×W of x's image shape
+    (moved to x's device/dtype). Bad ``x`` or ``delta``: :class:`AdvshieldError` naming it."""
+    if isinstance(x, torch.Tensor) and x.dim() == 3:
+        check_images(x.unsqueeze(0), "x")
+    else:
+        check_images(x, "x")
+    check_delta(delta, x.shape[-3:])
+    return add_perturbation(x, delta)
+
+
+def add_perturbation(x: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+    """:func:`apply_perturbation` without the checks (inner loops)."""
     return (x + delta.to(device=x.device, dtype=x.dtype)).clamp(0.0, 1.0)
 
 
@@ -87,44 +108,53 @@ def apply_perturbation(x: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
 class FitSet:
     """Images held in memory as uint8 or float32 N×C×H×W, served as float32 batches in [0,1].
 
-    Built by :meth:`from_data` from a tensor, an :class:`advshield.data.tensors.TensorDataset` (kept as its
-    uint8 storage) or an iterable of batches / single images, each ``x`` or ``(x, y, ...)`` (labels ignored)."""
+    Built by :meth:`from_data` from a tensor (uint8, or float in [0,1]), an ``(x, y)`` pair of tensors, an
+    :class:`advshield.data.tensors.TensorDataset` (kept as its uint8 storage), a map-style ``Dataset`` or an
+    iterable of batches / single images, each ``x`` or ``(x, y, ...)`` (labels ignored). Bad images raise
+    :class:`~advshield.errors.DataError` naming the argument (``name``)."""
 
-    def __init__(self, images: torch.Tensor) -> None:
+    def __init__(self, images: torch.Tensor, name: str = "data") -> None:
         if images.ndim != 4 or len(images) == 0 or min(images.shape) < 1:
-            raise DataError(f"need images N×C×H×W with N ≥ 1, got shape {tuple(images.shape)}")
+            raise DataError(f"{name}: need images N×C×H×W with N ≥ 1, got shape {tuple(images.shape)}")
         if images.dtype != torch.uint8:
+            try:
+                check_images(images, name)
+            except AdvshieldError as e:
+                raise DataError(str(e)) from None
             images = images.float()
-            if not torch.isfinite(images).all():
-                raise DataError("images contain NaN or inf")
         self.images = images
 
     @classmethod
-    def from_data(cls, data: Any) -> "FitSet":
+    def from_data(cls, data: Any, name: str = "data") -> "FitSet":
         if isinstance(data, FitSet):
             return data
         if isinstance(data, torch.Tensor):
-            return cls(data.detach().cpu())
+            return cls(data.detach().cpu(), name)
         images = getattr(data, "images", None)  # advshield's TensorDataset
         if isinstance(images, torch.Tensor):
-            return cls(images)
+            return cls(images, name)
+        if (isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(v, torch.Tensor) for v in data)
+                and data[0].ndim == 4 and data[1].ndim == 1):  # an (x, y) pair
+            return cls(data[0].detach().cpu(), name)
+        if not isinstance(data, Iterable) and hasattr(data, "__len__") and hasattr(data, "__getitem__"):
+            data = (data[i] for i in range(len(data)))  # a map-style Dataset
         if not isinstance(data, Iterable):
-            raise DataError(f"cannot fit on a {type(data).__name__}: give a tensor N×C×H×W, a TensorDataset or an "
-                            "iterable of batches")
+            raise DataError(f"{name}: cannot fit on a {type(data).__name__}: give a tensor N×C×H×W, a TensorDataset "
+                            "or an iterable of batches")
         parts = []
         for item in data:
             x = item[0] if isinstance(item, (tuple, list)) else item
             if not isinstance(x, torch.Tensor) or x.ndim not in (3, 4):
-                raise DataError("every item must be an image tensor C×H×W or a batch N×C×H×W (or a tuple starting "
-                                "with one)")
+                raise DataError(f"{name}: every item must be an image tensor C×H×W or a batch N×C×H×W (or a tuple "
+                                "starting with one)")
             parts.append((x.unsqueeze(0) if x.ndim == 3 else x).detach().cpu())
         if not parts:
-            raise DataError("no images to fit on")
+            raise DataError(f"{name}: no images to fit on")
         if len({tuple(p.shape[1:]) for p in parts}) > 1:
-            raise DataError("all images must have one shape C×H×W")
+            raise DataError(f"{name}: all images must have one shape C×H×W")
         if len({p.dtype for p in parts}) > 1:
-            parts = [p.float().div(255) if p.dtype == torch.uint8 else p.float() for p in parts]
-        return cls(torch.cat(parts))
+            parts = [p.float().div(255) if p.dtype == torch.uint8 else p for p in parts]
+        return cls(torch.cat(parts), name)
 
     def __len__(self) -> int:
         return len(self.images)
@@ -167,13 +197,15 @@ def model_device(model: nn.Module) -> torch.device:
 @torch.no_grad()
 def predict(model: nn.Module, images: Any, delta: torch.Tensor | None = None, batch_size: int = 256) -> torch.Tensor:
     """Predicted labels (int64 N, CPU) of ``images`` (any fit data), perturbed by ``delta`` when given."""
-    fs = FitSet.from_data(images)
+    fs = FitSet.from_data(images, "images")
+    if delta is not None:
+        check_delta(delta, fs.shape)
     dev = model_device(model)
     out = []
     with frozen_eval(model):
         for idx in fs.chunks(batch_size):
             x = fs.get(idx, dev)
-            out.append(model(x if delta is None else apply_perturbation(x, delta)).argmax(1).cpu())
+            out.append(model(x if delta is None else add_perturbation(x, delta)).argmax(1).cpu())
     return torch.cat(out)
 
 
@@ -181,7 +213,7 @@ def fooling_rate(model: nn.Module, images: Any, delta: torch.Tensor, batch_size:
                  clean: torch.Tensor | None = None) -> float:
     """Share of ``images`` whose predicted label changes when ``delta`` is added (clamped to [0,1]).
     ``clean``: the clean predictions, when already known."""
-    fs = FitSet.from_data(images)
+    fs = FitSet.from_data(images, "images")
     if clean is None:
         clean = predict(model, fs, None, batch_size)
     return float((predict(model, fs, delta, batch_size) != clean).float().mean())
@@ -195,17 +227,19 @@ class UniversalAttack:
     and ``requires_grad`` flags are restored). ``eps`` in [0,1] units; ``norm`` ``"linf"`` or ``"l2"`` (over
     all C·H·W values). ``seed`` seeds a private ``torch.Generator`` (shuffling, initialisation); the global RNG
     is not touched. Labels are never needed: the model's clean predictions are the reference.
-    Subclasses implement :meth:`_fit` and name in ``iters_arg`` their main iteration-count keyword."""
+    Subclasses implement :meth:`_fit` and name in ``iters_arg`` their main iteration-count keyword. Bad settings
+    (eps not finite or <= 0, L∞ eps > 1, batch_size < 1, ...) and bad fit images raise
+    :class:`~advshield.errors.AdvshieldError` naming the argument."""
 
     name = "universal"
     iters_arg = "epochs"
+    data_free = False  # True: fit() needs only the image shape (FFF)
 
     def __init__(self, model: nn.Module, eps: float = 10 / 255, norm: str = "linf", seed: int | None = None,
                  batch_size: int = 64, show_progress: bool = True) -> None:
-        check_budget(eps, norm)
-        if int(batch_size) < 1:
-            raise ValueError("batch_size must be a positive integer")
-        self.model, self.eps, self.norm, self.seed = model, float(eps), norm, seed
+        eps = check_budget(eps, norm)
+        batch_size = int(check_number(batch_size, "batch_size", low=1, integer=True))
+        self.model, self.eps, self.norm, self.seed = check_model(model), eps, norm, check_seed(seed)
         self.batch_size, self.show_progress = int(batch_size), show_progress
         self.delta: torch.Tensor | None = None
         self.history: list[dict[str, float]] = []  # per pass/epoch/step statistics of the last fit
@@ -215,6 +249,8 @@ class UniversalAttack:
         """Fit δ on ``data`` (tensor N×C×H×W in [0,1] or uint8, TensorDataset, or iterable of batches ``x`` /
         ``(x, y)``). Returns δ float32 C×H×W on the CPU, within the budget; also kept as ``self.delta``."""
         self.history = []
+        if not self.data_free:
+            data = FitSet.from_data(data, "data")  # checked before any work
         with frozen_eval(self.model):
             delta = self._fit(data)
         delta = project(delta.detach().float().cpu(), self.eps, self.norm).contiguous()
@@ -239,7 +275,12 @@ class UniversalAttack:
         return {k: v for k, v in vars(self).items() if k not in skip and not k.startswith("_")}
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.norm}, eps={self.eps:.4g})"
+        """``UAP(linf, eps=0.03922, target_fooling=0.8, ..., batch_size=32)``, plus ``seed`` when set."""
+        s = self.settings()
+        keys = [k for k in s if k not in ("eps", "norm", "seed", "batch_size")] + ["batch_size"] * ("batch_size" in s)
+        keys += ["seed"] * (s.get("seed") is not None)
+        parts = [self.norm, f"eps={format_setting(self.eps)}"] + [f"{k}={format_setting(s[k])}" for k in keys]
+        return f"{type(self).__name__}({', '.join(parts)})"
 
     # -- for subclasses ---------------------------------------------------------------------------------
     def _fit(self, data: Any) -> torch.Tensor:

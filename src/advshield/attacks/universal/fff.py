@@ -6,6 +6,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ...checks import check_number
+from ...errors import AdvshieldError
 from ...registry import UNIVERSAL
 from .base import UniversalAttack, ascent_step, decayed_step, loss_gradient, project, random_perturbation, shape_of
 
@@ -52,16 +54,18 @@ class FFF(UniversalAttack):
 
     name = "fff"
     iters_arg = "steps"
+    data_free = True
 
     def __init__(self, model: nn.Module, eps: float = 10 / 255, norm: str = "linf", seed: int | None = None,
                  steps: int = 300, alpha: float | None = None, base: float = 0.5, activations: str = "conv",
                  show_progress: bool = True) -> None:
         super().__init__(model, eps, norm, seed, 1, show_progress)
-        if steps < 1 or (alpha is not None and alpha <= 0) or not 0 <= base <= 1:
-            raise ValueError("steps must be ≥ 1, alpha positive, base in [0, 1]")
+        self.steps = int(check_number(steps, "steps", low=1, integer=True))
+        self.alpha = None if alpha is None else check_number(alpha, "alpha", low=0.0, low_open=True)
+        self.base = check_number(base, "base", low=0.0, high=1.0)
         if activations not in ("relu", "conv"):
-            raise ValueError("activations must be 'relu' or 'conv'")
-        self.steps, self.alpha, self.base, self.activations = int(steps), alpha, float(base), activations
+            raise AdvshieldError(f"activations must be 'relu' or 'conv', not {activations!r}")
+        self.activations = activations
 
     def settings(self) -> dict[str, Any]:
         return {k: v for k, v in super().settings().items() if k != "batch_size"}
@@ -72,14 +76,15 @@ class FFF(UniversalAttack):
         a0 = self.alpha if self.alpha is not None else self.eps / 2
         with _ActivationMeans(self.model, self.activations) as acts:
             if not acts.modules:
-                raise ValueError(f"{type(self.model).__name__} has no ReLU or Conv2d modules for FFF to excite")
+                raise AdvshieldError(f"model: {type(self.model).__name__} has no ReLU or Conv2d modules for FFF to "
+                                     "excite")
             for t in self.progress(range(self.steps), self.name, total=self.steps):
                 acts.means.clear()
                 delta.requires_grad_(True)
                 with torch.enable_grad():
                     self.model((self.base + delta).clamp(0, 1).unsqueeze(0))
                     if not acts.means:
-                        raise ValueError("FFF found no 4-D conv activations in the forward pass")
+                        raise AdvshieldError("model: FFF found no 4-D conv activations in the forward pass")
                     loss = torch.stack(acts.means).clamp_min(1e-12).log().sum()
                     grad = loss_gradient(loss, delta)
                 step = decayed_step(a0, t, self.steps)

@@ -8,8 +8,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ...checks import check_number
+from ...errors import AdvshieldError
 from ...registry import UNIVERSAL
-from .base import FitSet, UniversalAttack, apply_perturbation, check_budget, clipped_cross_entropy
+from .base import FitSet, UniversalAttack, add_perturbation, check_budget, clipped_cross_entropy
 
 
 class PerturbationGenerator(nn.Module):
@@ -88,12 +90,14 @@ class GAP(UniversalAttack):
                  epochs: int = 5, batch_size: int = 64, lr: float = 1e-3, loss: str = "ce", loss_clip: float = 5.0,
                  z_dim: int = 64, width: int = 32, show_progress: bool = True) -> None:
         super().__init__(model, eps, norm, seed, batch_size, show_progress)
-        if epochs < 1 or lr <= 0 or z_dim < 1 or width < 1 or loss_clip <= 0:
-            raise ValueError("epochs, z_dim and width must be ≥ 1; lr and loss_clip positive")
+        self.epochs = int(check_number(epochs, "epochs", low=1, integer=True))
+        self.lr = check_number(lr, "lr", low=0.0, low_open=True)
         if loss not in ("ce", "fool"):
-            raise ValueError(f"GAP loss must be 'ce' or 'fool', not {loss!r}")
-        self.epochs, self.lr, self.loss, self.loss_clip = int(epochs), float(lr), loss, float(loss_clip)
-        self.z_dim, self.width = int(z_dim), int(width)
+            raise AdvshieldError(f"loss must be 'ce' or 'fool', not {loss!r}")
+        self.loss = loss
+        self.loss_clip = check_number(loss_clip, "loss_clip", low=0.0, low_open=True)
+        self.z_dim = int(check_number(z_dim, "z_dim", low=1, integer=True))
+        self.width = int(check_number(width, "width", low=1, integer=True))
         self.net: PerturbationGenerator | None = None
 
     def _fit(self, data: Any) -> torch.Tensor:
@@ -108,7 +112,7 @@ class GAP(UniversalAttack):
             x, y = fs.get(idx, dev), labels[idx].to(dev)
             with torch.enable_grad():
                 delta = net.scale(net(z)[0], self.eps, self.norm)
-                logits = self.model(apply_perturbation(x, delta))
+                logits = self.model(add_perturbation(x, delta))
                 if self.loss == "ce":
                     loss = -clipped_cross_entropy(logits, y, self.loss_clip)
                 else:

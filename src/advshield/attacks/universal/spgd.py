@@ -6,8 +6,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from ...checks import check_number
 from ...registry import UNIVERSAL
-from .base import (FitSet, UniversalAttack, apply_perturbation, ascent_step, clipped_cross_entropy, decayed_step,
+from .base import (FitSet, UniversalAttack, add_perturbation, ascent_step, clipped_cross_entropy, decayed_step,
                    loss_gradient, project)
 
 
@@ -28,9 +29,9 @@ class SPGD(UniversalAttack):
                  epochs: int = 5, batch_size: int = 64, alpha: float | None = None, loss_clip: float = 5.0,
                  show_progress: bool = True) -> None:
         super().__init__(model, eps, norm, seed, batch_size, show_progress)
-        if epochs < 1 or loss_clip <= 0 or (alpha is not None and alpha <= 0):
-            raise ValueError("epochs must be ≥ 1; alpha and loss_clip positive")
-        self.epochs, self.alpha, self.loss_clip = int(epochs), alpha, float(loss_clip)
+        self.epochs = int(check_number(epochs, "epochs", low=1, integer=True))
+        self.alpha = None if alpha is None else check_number(alpha, "alpha", low=0.0, low_open=True)
+        self.loss_clip = check_number(loss_clip, "loss_clip", low=0.0, low_open=True)
 
     def _fit(self, data: Any) -> torch.Tensor:
         fs = FitSet.from_data(data)
@@ -42,7 +43,7 @@ class SPGD(UniversalAttack):
             x, y = fs.get(idx, dev), labels[idx].to(dev)
             delta.requires_grad_(True)
             with torch.enable_grad():
-                loss = clipped_cross_entropy(self.model(apply_perturbation(x, delta)), y, self.loss_clip)
+                loss = clipped_cross_entropy(self.model(add_perturbation(x, delta)), y, self.loss_clip)
                 grad = loss_gradient(loss, delta)
             step = decayed_step(a0, t, total)
             delta = project(ascent_step(delta.detach(), grad, step, self.norm), self.eps, self.norm)

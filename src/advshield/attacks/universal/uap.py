@@ -6,8 +6,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from ...checks import check_number
 from ...registry import UNIVERSAL
-from .base import FitSet, UniversalAttack, apply_perturbation, fooling_rate, project
+from .base import FitSet, UniversalAttack, add_perturbation, fooling_rate, project
 
 
 def deepfool(model: nn.Module, x: torch.Tensor, labels: torch.Tensor, overshoot: float = 0.02, max_iter: int = 10,
@@ -71,12 +72,11 @@ class UAP(UniversalAttack):
                  target_fooling: float = 0.8, max_passes: int = 10, overshoot: float = 0.02, df_max_iter: int = 10,
                  candidates: int = 10, batch_size: int = 32, show_progress: bool = True) -> None:
         super().__init__(model, eps, norm, seed, batch_size, show_progress)
-        if not 0 <= target_fooling <= 1:
-            raise ValueError("target_fooling must be in [0, 1]")
-        if max_passes < 1 or df_max_iter < 1 or candidates < 2:
-            raise ValueError("max_passes and df_max_iter must be ≥ 1, candidates ≥ 2")
-        self.target_fooling, self.max_passes, self.overshoot = float(target_fooling), int(max_passes), float(overshoot)
-        self.df_max_iter, self.candidates = int(df_max_iter), int(candidates)
+        self.target_fooling = check_number(target_fooling, "target_fooling", low=0.0, high=1.0)
+        self.max_passes = int(check_number(max_passes, "max_passes", low=1, integer=True))
+        self.overshoot = check_number(overshoot, "overshoot", low=0.0)
+        self.df_max_iter = int(check_number(df_max_iter, "df_max_iter", low=1, integer=True))
+        self.candidates = int(check_number(candidates, "candidates", low=2, integer=True))
 
     def _fit(self, data: Any) -> torch.Tensor:
         fs = FitSet.from_data(data)
@@ -85,9 +85,9 @@ class UAP(UniversalAttack):
         for p, idx, end in self.shuffled_batches(fs, self.max_passes, g):
             x, y = fs.get(idx, dev), labels[idx].to(dev)
             with torch.no_grad():
-                still = self.model(apply_perturbation(x, delta)).argmax(1) == y
+                still = self.model(add_perturbation(x, delta)).argmax(1) == y
             if still.any():
-                r = deepfool(self.model, apply_perturbation(x[still], delta), y[still], self.overshoot,
+                r = deepfool(self.model, add_perturbation(x[still], delta), y[still], self.overshoot,
                              self.df_max_iter, self.candidates)
                 for ri in r:
                     delta = project(delta + ri, self.eps, self.norm)
