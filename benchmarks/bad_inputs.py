@@ -458,7 +458,7 @@ def _api_huge_card(p: dict[str, Path]) -> Any:
 
 
 def _pending() -> list[Case]:
-    imgs = "cli/imagetree, data/folder: image-size checks before any output"
+    imgs = "data/imagetree, data/folder: image-size checks before any output"
     c: list[Case] = []
     for setup, what in (("tiny", "a 1×1 image"), ("odd", "a 33×40 image")):
         c += [
@@ -494,10 +494,10 @@ def _pending() -> list[Case]:
              "--out", "{out}"), setup=("tree", "models"), owner="models/checkpoint or cli/eval: base is a zoo name"),
         Case("attack out-dir symlink", "out-dir: a symlink to the source tree", ("attack", "--attack", "fgsm",
              "--model", VGG, "--source-dir", "{tree}", "--out-dir", "{link}"), setup=("tree", "link"),
-             owner="cli/imagetree check_dirs"),
+             owner="data/imagetree check_dirs"),
         Case("attack out-dir symlink/sub", "out-dir inside a symlink to the source tree", ("attack", "--attack",
              "fgsm", "--model", VGG, "--source-dir", "{tree}", "--out-dir", "{link}/adv"),
-             setup=("tree", "link"), owner="cli/imagetree check_dirs"),
+             setup=("tree", "link"), owner="data/imagetree check_dirs"),
         Case("attack py:missing", "py: model file that does not exist", ("attack", "--attack", "fgsm", "--model",
              "py:{root}/missing.py:Net", "--source-dir", "{tree}", "--out-dir", "{out}"), setup=("tree",),
              owner="models/specs"),

@@ -38,7 +38,7 @@ from torch import nn
 from _results import RESULTS, machine, update_section
 from transfer import LABELS, ensembles
 from advshield.cli.eval import load_named
-from advshield.cli.purify import bypass_attack
+from advshield.attacks.bypass import bypass_attack
 from advshield.data import load_dataset
 from advshield.data.tensors import TensorDataset
 from advshield.defenses.base import Identity, build_defense

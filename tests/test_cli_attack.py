@@ -8,7 +8,8 @@ import pytest
 import torch
 from PIL import Image
 
-from advshield.cli.attack import folder_labels, quantize_in_budget
+from advshield.data.imagetree import quantize_in_budget
+from advshield.data.labels import class_indices
 from advshield.cli.main import main
 
 from conftest import pngs
@@ -56,13 +57,17 @@ def test_ssp_honours_iters_and_layer(gray_tree, tiny_zoo, tmp_path, monkeypatch)
     monkeypatch.setattr(SSP, "step", lambda self, x, g: calls.append(self.layer) or orig(self, x, g))
     assert main(["ssp", "--source-dir", str(gray_tree), "--out-dir", str(tmp_path / "o"), "--model",
                  "zoo:tiny-resnet", "--layer", "layer1", "--iters", "7", "--batch-size", "5"]) == 0
-    assert calls == ["layer1"] * 14  # 7 iterations × 2 batches
+    assert calls == ["layer1"] * (1 + 14)  # the one-step probe of the one image size, then 7 iterations × 2 batches
 
 
-def test_attack_rgb_tree_by_size(rgb_tree, tiny_zoo, tmp_path):
+def test_attack_rgb_tree_by_size(rgb_tree, tiny_zoo, tmp_path, capsys):
     out = tmp_path / "adv"
-    assert main(["attack", "--attack", "mi-di-ti", "--source-dir", str(rgb_tree), "--out-dir", str(out),
-                 "--model", "zoo:tiny-vgg", "--eps", "16", "--steps", "2", "--len-kernel", "5"]) == 0
+    argv = ["attack", "--attack", "mi-di-ti", "--source-dir", str(rgb_tree), "--out-dir", str(out),
+            "--model", "zoo:tiny-vgg", "--eps", "16", "--steps", "2", "--len-kernel", "5"]
+    assert main(argv) == 2  # a 1-channel model on RGB images: refused unless asked for, nothing written
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "1-channel" in err[0] and "--adapt-channels" in err[0] and not out.exists()
+    assert main(argv + ["--adapt-channels"]) == 0
     check_outputs(rgb_tree, out, 16)
 
 
@@ -76,13 +81,14 @@ def test_attack_uses_folder_labels(gray_tree, tiny_zoo, tmp_path, monkeypatch):
                  "--ensemble", "zoo:tiny-vgg,zoo:tiny-lenet", "--eps", "8"]) == 0
     expected = sorted((p.relative_to(gray_tree).parts, int(p.parent.name.split("_")[0]))
                       for p in gray_tree.rglob("*.png"))
-    assert torch.cat(seen).tolist() == [label for _, label in expected]
+    assert seen[0] is None  # the one-step probe before anything is written
+    assert torch.cat(seen[1:]).tolist() == [label for _, label in expected]
     check_outputs(gray_tree, tmp_path / "o", 8)
 
 
 def test_folder_labels_follow_exported_indices():
-    assert folder_labels(["3_Dress", "7_Sneaker"], [0, 0, 1]) == [3, 3, 7]  # a tree with only some classes
-    assert folder_labels(["cat", "dog"], [0, 1, 1]) == [0, 1, 1]
+    assert class_indices(["3_Dress", "7_Sneaker"]).index == {"3_Dress": 3, "7_Sneaker": 7}  # only some classes
+    assert class_indices(["cat", "dog"]).index == {"cat": 0, "dog": 1}
 
 
 def test_quantize_pulls_back_into_budget():

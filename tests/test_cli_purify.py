@@ -81,15 +81,19 @@ def test_purify_gray_tree_keeps_tree_modes_and_matches_the_purifier(gray_tree, g
 
 
 def test_purify_rgb_and_rgba_native_size(color_tree, gray_tree, rgb_p, gray_p, tmp_path):
+    argv = ["purify", "--dir", str(color_tree), "--out-dir", str(tmp_path / "refused"), "--purifier", gray_p]
+    assert main(argv) == 2 and not (tmp_path / "refused").exists()  # 1-channel purifier on RGB: only when asked
     for spec, name in ((rgb_p, "o3"), (gray_p, "o1")):  # a 3-channel and a 1-channel purifier
         out = tmp_path / name
-        assert main(["purify", "--dir", str(color_tree), "--out-dir", str(out), "--purifier", spec]) == 0
+        assert main(["purify", "--dir", str(color_tree), "--out-dir", str(out), "--purifier", spec,
+                     "--adapt-channels"]) == 0
         a, b = pngs(color_tree), pngs(out)
         assert list(a) == list(b)
         for rel, (_, x) in a.items():
             mode2, y = b[rel]
             assert mode2 == "RGB" and y.shape == x.shape[:2] + (3,) and y.dtype == np.uint8  # alpha dropped
-    assert main(["purify", "--dir", str(gray_tree), "--out-dir", str(tmp_path / "g3"), "--purifier", rgb_p]) == 0
+    assert main(["purify", "--dir", str(gray_tree), "--out-dir", str(tmp_path / "g3"), "--purifier", rgb_p,
+                 "--adapt-channels"]) == 0
     assert {m for m, _ in pngs(tmp_path / "g3").values()} == {"L"}  # grayscale stays grayscale
 
 
@@ -136,7 +140,7 @@ def test_bypass_modes_write_json_and_targets_are_never_the_label(gray_tree, gray
     for k in ("targeted_success_rate", "untargeted_error_rate", "adversarial_accuracy", "clean_accuracy",
               "undefended_clean_accuracy"):
         assert 0 <= r[k] <= 1
-    assert r["n"] == 10 and len(r["images"]) == 10 and r["labels"] == "class folders"
+    assert r["n"] == 10 and len(r["images"]) == 10 and r["labels"]["mode"] == "folder"
     assert abs(r["adversarial_accuracy"] + r["untargeted_error_rate"] - 1) < 1e-9
     s = r["settings"]
     assert (s["mode"], s["steps"], s["eps_255"], s["alpha_255"], s["seed"], s["eot"]) == (mode, 2, 16, 2, 5, 1)
@@ -179,9 +183,9 @@ def test_bypass_flat_tree_uses_defended_predictions(tmp_path, rgb_p, tiny_zoo, c
     flat.mkdir()
     for i in range(4):
         Image.fromarray(rng.integers(0, 256, (28, 28, 3), dtype=np.uint8), "RGB").save(flat / f"{i}.png")
-    r = bypass(flat, rgb_p, tmp_path / "f.json")
+    r = bypass(flat, rgb_p, tmp_path / "f.json", "--adapt-channels")
     assert "clean predictions" in capsys.readouterr().err
-    assert r["clean_accuracy"] is None and r["labels"].startswith("defended clean predictions")
+    assert r["clean_accuracy"] is None and r["labels"]["description"].startswith("defended clean predictions")
     assert all(i["label"] == i["clean_prediction"] and i["target"] != i["label"] for i in r["images"])
 
 

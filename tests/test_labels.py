@@ -270,13 +270,3 @@ def test_check_image_sizes(tmp_path: Path) -> None:
     with pytest.raises(DataError, match=r"a/thin.png .* 9×2 pixels, smaller than the 3×3 minimum \(for x\)") as e:
         check_image_sizes(folder, 3, " (for x)")
     _one_line(e)
-
-
-def test_cli_shim_keeps_old_names() -> None:
-    from advshield.cli import imagetree
-
-    assert imagetree.folder_labels(["3_Dress", "7_Sneaker"], [0, 0, 1]) == [3, 3, 7]
-    assert imagetree.folder_labels(["0", "1", "10", "2"], [2, 3]) == [10, 2]
-    assert imagetree.folder_labels([], [-1]) == [-1]
-    for name in ("check_labels", "input_channels", "adapt_channels", "load_folder", "quantize_in_budget"):
-        assert callable(getattr(imagetree, name))

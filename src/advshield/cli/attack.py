@@ -1,15 +1,16 @@
 """``advshield ssp`` and ``advshield attack``: craft adversarial copies of an image folder tree.
 
-Both read ``--source-dir`` as an image folder (class sub-folders give labels, see :func:`folder_labels`), batch the
-images by size, attack each batch and write lossless 8-bit PNGs into ``--out-dir`` with the same tree and file
-stems. Outputs are quantised to 8 bits and then pulled back into the budget around the 8-bit input, so the
-written files themselves respect ``--eps``. Nothing is written until every input has been decoded and every
-output name has been checked (no overwrites, no out-dir inside the source tree).
+Both read ``--source-dir`` as an image folder (labels: :mod:`advshield.data.labels`), batch the images by size,
+attack each batch and write lossless 8-bit PNGs into ``--out-dir`` with the same tree and file stems
+(:func:`advshield.attacks.tree.craft_tree`). Nothing is written until every input has been decoded, every output
+name checked (no overwrites, no out-dir inside the source tree), the model's input domain checked and the attack
+run for one step on one image of every size.
 """
 from __future__ import annotations
 
 import argparse
 import inspect
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +20,7 @@ from torch import nn
 from ..errors import AdvshieldError
 from .common import (add_runtime_flags, apply_runtime, batch_int, csv_list, finite_float, norm_budget_pixels,
                      pixels, positive_float, positive_int, size_int, step_pixels, unit_float)
-from .imagetree import (adapt_channels, check_dirs, check_labels, folder_labels, input_channels,  # noqa: F401
-                        load_batch, load_folder, plan_outputs, quantize_in_budget, size_batches, write_batch)
+from .common import add_label_flags, add_model_flags, add_size_flag, check_norm_flags, open_model, size_arg
 
 # --attack flags → constructor keywords (given only when the flag is on the command line)
 ATTACK_FLAGS = {"alpha": "--alpha", "steps": "--steps", "decay": "--decay", "diversity_prob": "--diversity-prob",
@@ -36,6 +36,10 @@ def _add_io_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=batch_int, default=64, help="images per batch (default 64)")
     p.add_argument("--eps", type=norm_budget_pixels, default=pixels("16"),
                    help="budget in 0-255 pixel units, floats allowed (default 16; L2 attacks: over the image)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run: keep the PNGs already in --out-dir, write the rest")
+    add_size_flag(p, "image (the adversarial PNGs are written at that size)")
+    add_model_flags(p)
     add_runtime_flags(p)
 
 
@@ -54,7 +58,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--distance", default="mse", choices=["mse", "mae", "cosine"], help="feature distance")
     s.add_argument("--random-start", action=argparse.BooleanOptionalAction, default=True,
                    help="start from a random ±eps sign pattern (default on, as the reference)")
-    s.set_defaults(run=run_ssp)
+    s.set_defaults(run=run_ssp)  # label-free: no --labels
 
     a = sub.add_parser("attack", help="run a registered attack on an image folder",
                        description="Craft adversarial PNGs with any per-image attack (advshield list shows them) "
@@ -77,71 +81,80 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="random start inside the ball (default: the attack's own default)")
     a.add_argument("--targeted", choices=["random", "least_likely"], default=None,
                    help="targeted mode: a random wrong class, or the least likely class")
+    add_label_flags(a)
     a.set_defaults(run=run_attack)
 
 
 # -- building blocks ----------------------------------------------------------------------------------------
-def load_source(specs: list[str]) -> nn.Module:
-    """One model, or the equal-weight logit :class:`Ensemble` of several."""
+def load_source(specs: list[tuple[str, str]], args: argparse.Namespace, folder: Any) -> nn.Module:
+    """One model, or the equal-weight logit :class:`Ensemble` of several; ``specs``: (flag, spec) pairs. Each
+    model's input domain is checked against ``folder`` (and adapted with ``--adapt-channels``)."""
     from ..attacks import Ensemble
-    from ..models import load_model
+    from ..eval.preflight import check_tree_domain
+    from ..models.domain import adapt_channels
 
-    models = [load_model(s) for s in specs]
+    models = []
+    for flag, spec in specs:
+        model = open_model(spec, args, flag)
+        check_tree_domain(model, folder, f"{flag} {spec}", args.adapt_channels,
+                          check_size=getattr(args, "command", "") != "ssp")
+        models.append(adapt_channels(model) if args.adapt_channels else model)
     return models[0] if len(models) == 1 else Ensemble(models)
 
 
-def craft_tree(folder: Any, targets: list[Path], atk: Any, labels: list[int] | None, batch_size: int,
-               device: torch.device, seed: int, desc: str) -> int:
-    """Attack ``folder`` batch by batch (grouped by image size) and write each result to its target PNG."""
-    from ..utils import progress
-
-    batches = size_batches(folder, batch_size)
-    checked = labels is None
-    for b, idx in enumerate(progress(batches, desc, total=len(batches))):
-        x8 = load_batch(folder, idx)
-        x = x8.float().div(255).to(device)
-        y = None
-        if labels is not None:
-            y = torch.tensor([labels[i] for i in idx], dtype=torch.long, device=device)
-            if not checked:
-                with torch.no_grad():
-                    check_labels(labels, atk.model(x[:1]).shape[1], folder)
-                checked = True
-        atk.seed = seed + b
-        x_adv = atk(x, y)
-        write_batch(quantize_in_budget(x_adv, x8, atk.threat.eps, atk.threat.norm), idx, targets)
-    return len(targets)
-
-
-def _prepare(args: argparse.Namespace) -> tuple[Any, list[Path], torch.device]:
+def _prepare(args: argparse.Namespace, verb: str = "attacked") -> tuple[Any, Any, torch.device]:
+    """(folder, output plan, device), every input decoded and every output name checked."""
+    from ..data.imagetree import check_dirs, load_folder, plan_outputs
     from ..utils import pick_device
 
     apply_runtime(args)
     source, out = Path(args.source_dir), Path(args.out_dir)
     check_dirs(source, out)
-    folder = load_folder(args.source_dir)
-    return folder, plan_outputs(folder, out), pick_device(args.device)
+    folder = load_folder(args.source_dir, verb, size=size_arg(args))
+    return folder, plan_outputs(folder, out, resume=args.resume), pick_device(args.device)
 
 
-def _summary(n: int, atk: Any, out: str) -> None:
+def _probe(atk: Any, folder: Any, what: str, device: torch.device) -> None:
+    from ..attacks.tree import probe_attack
+    from ..eval.preflight import probe_tree
+
+    probe_tree(folder, lambda x: probe_attack(atk, x), what, device)
+
+
+def _craft(folder: Any, plan: Any, atk: Any, labels: Any, args: argparse.Namespace, device: torch.device,
+           desc: str) -> None:
+    from ..attacks.tree import craft_tree
+
+    n = craft_tree(folder, plan.targets, atk, labels, args.batch_size, device, args.seed, desc, plan.todo)
     eps = atk.threat.eps
-    print(f"wrote {n} PNGs to {out} ({atk!r}, {atk.threat.norm} eps {eps * 255:g}/255 = {eps:.4g})")
+    kept = f"; {plan.done} already there kept (--resume)" if plan.done else ""
+    print(f"wrote {n} PNGs to {args.out_dir} ({atk!r}, {atk.threat.norm} eps {eps * 255:g}/255 = {eps:.4g}){kept}")
+
+
+def _flag_error(e: Exception, flags: dict[str, str]) -> AdvshieldError:
+    """A library argument error re-worded with the CLI flag (``eps must be ...`` → ``--eps: must be ...``)."""
+    msg = str(e)
+    for arg, flag in sorted(flags.items(), key=lambda kv: -len(kv[0])):
+        if msg.startswith(arg + " "):
+            unit = " (in [0,1] units: 255 on the command line)" if arg in ("eps", "alpha") else ""
+            return AdvshieldError(f"{flag}: {msg[len(arg) + 1:]}{unit}")
+    return AdvshieldError(msg)
 
 
 # -- commands -----------------------------------------------------------------------------------------------
 def run_ssp(args: argparse.Namespace) -> int:
     from ..attacks import SSP
 
-    folder, targets, device = _prepare(args)
-    model = load_source([args.model]).to(device)
-    adapt_channels(model)
+    check_norm_flags([args.model], args)
+    folder, plan, device = _prepare(args)
+    model = load_source([("--model", args.model)], args, folder).to(device)
     try:
         atk = SSP(model, eps=args.eps, alpha=args.alpha, steps=args.iters, distance=args.distance,
                   random_start=args.random_start, layer=args.layer)
     except ValueError as e:
-        raise AdvshieldError(str(e)) from None
-    n = craft_tree(folder, targets, atk, None, args.batch_size, device, args.seed, "ssp")
-    _summary(n, atk, args.out_dir)
+        raise _flag_error(e, {"eps": "--eps", "alpha": "--alpha", "steps": "--iters", "layer": "--layer"}) from None
+    _probe(atk, folder, f"ssp on --model {args.model}", device)
+    _craft(folder, plan, atk, None, args, device, "ssp")
     return 0
 
 
@@ -160,31 +173,46 @@ def build_attack(name: str, model: nn.Module, eps: float, flags: dict[str, Any],
         takes = [f for k, f in ATTACK_FLAGS.items() if k in accepted]
         raise AdvshieldError(f"attack {name!r} does not take {', '.join(bad)} (it takes: "
                              f"{', '.join(takes) or 'only --eps'})")
+    if getattr(cls, "norm", "linf") == "linf" and eps > 1:
+        raise AdvshieldError(f"--eps {eps * 255:g} is above 255, more than the whole pixel range ({name} is L∞)")
     try:
         atk = cls.for_budget(model, eps, **flags)
         if targeted:
             atk.set_target_mode(targeted)
     except ValueError as e:
-        raise AdvshieldError(f"attack {name!r}: {e}") from None
+        raise _flag_error(e, {"eps": "--eps", **ATTACK_FLAGS}) from None
     return atk
 
 
 def run_attack(args: argparse.Namespace) -> int:
     from ..attacks import SSP
+    from ..data.labels import check_num_classes, resolve_labels
+    from ..eval.preflight import accuracy_lines, clean_accuracy, folder_batches
     from ..registry import ATTACKS
 
     ATTACKS.get(args.attack)  # unknown name: fail before reading anything
-    specs = ([args.model] if args.model else []) + (args.ensemble or [])
+    specs = ([("--model", args.model)] if args.model else []) + [("--ensemble", s) for s in args.ensemble or []]
     if not specs:
         raise AdvshieldError("give --model SPEC or --ensemble SPEC,SPEC")
-    folder, targets, device = _prepare(args)
-    model = load_source(specs).to(device)
-    adapt_channels(model)
+    check_norm_flags([s for _, s in specs], args)
+    folder, plan, device = _prepare(args)
+    label_free = ATTACKS.get(args.attack) is SSP or args.targeted == "least_likely"
+    mode = "model" if label_free and args.labels == "auto" and args.class_map is None else args.labels
+    labels = resolve_labels(folder, mode, args.class_map, mode_name="--labels", map_name="--class-map")
+    model = load_source(specs, args, folder).to(device)
     flags = {k: getattr(args, k) for k in ATTACK_FLAGS if getattr(args, k) is not None}
     atk = build_attack(args.attack, model, args.eps, flags, args.targeted)
-    labels = None
-    if folder.classes and not isinstance(atk, SSP) and args.targeted != "least_likely":
-        labels = folder_labels(folder.classes, folder.labels)
-    n = craft_tree(folder, targets, atk, labels, args.batch_size, device, args.seed, args.attack)
-    _summary(n, atk, args.out_dir)
+    what = " + ".join(f"{f} {s}" for f, s in specs)
+    _probe(atk, folder, f"{args.attack} on {what}", device)
+    lines = []
+    if labels.labels is not None:
+        correct, total, classes = clean_accuracy(model, folder_batches(folder, labels.labels, args.batch_size),
+                                                 device)
+        check_num_classes(labels, classes, what)
+        lines = [labels.describe(), *accuracy_lines(what, correct, total, classes)]
+    elif not label_free:
+        lines = [labels.describe()]
+    for line in lines:
+        print(line, file=sys.stderr if line.startswith("advshield:") else sys.stdout)
+    _craft(folder, plan, atk, labels.labels, args, device, args.attack)
     return 0

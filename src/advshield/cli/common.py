@@ -236,3 +236,80 @@ def check_names(kind: str, names: list[str], known: list[str]) -> None:
     bad = [n for n in names if n not in known]
     if bad:
         raise AdvshieldError(f"unknown {kind} {bad[0]!r} (known: {', '.join(known)})")
+
+
+# -- your model, your data ----------------------------------------------------------------------------------
+def float_list(value: str) -> list[float]:
+    """Comma-separated finite numbers (``0.485,0.456,0.406``)."""
+    items = [v.strip() for v in value.split(",") if v.strip()]
+    if not items:
+        raise argparse.ArgumentTypeError(f"needs comma-separated numbers, not {value!r}")
+    return [_finite(v) for v in items]
+
+
+def add_model_flags(p: argparse.ArgumentParser, adapt: bool = True) -> None:
+    """``--mean``/``--std`` (normalisation of py:/timm:/torchvision:/hf:/torchscript: models) and
+    ``--adapt-channels``."""
+    p.add_argument("--mean", type=float_list, default=None,
+                   help="per-channel mean the model expects its input normalised with (e.g. 0.485,0.456,0.406): "
+                   "wraps the user models (not zoo:/card checkpoints, which normalise inside) in Normalize; "
+                   "same as SPEC?mean=...")
+    p.add_argument("--std", type=float_list, default=None, help="per-channel std to go with --mean")
+    if adapt:
+        p.add_argument("--adapt-channels", action="store_true",
+                       help="let a 1-channel model or purifier take RGB data (luma / per channel) and a 3-channel "
+                       "model take grayscale data (repeated); without it a channel mismatch is an error")
+
+
+def add_label_flags(p: argparse.ArgumentParser) -> None:
+    """``--labels folder|model|auto`` and ``--class-map FILE.json``."""
+    p.add_argument("--labels", choices=["auto", "folder", "model"], default="auto",
+                   help="true labels from class sub-folders (folder) or the model's clean predictions (model); "
+                   "default auto: folder when the tree has class sub-folders, else model")
+    p.add_argument("--class-map", default=None, metavar="FILE.json",
+                   help="class folder name → class index of the model (JSON object, or a list of folder names in "
+                   "index order); without it N_name and integer folder names give N, other names sorted → 0..K-1")
+
+
+def size_hw(value: str) -> int:
+    """One image side in pixels, 1 to 4096."""
+    return _int_in(value, 1, MAX_SIZE)
+
+
+def add_size_flag(p: argparse.ArgumentParser, what: str = "image") -> None:
+    p.add_argument("--size", type=size_hw, nargs="+", default=None, metavar=("H", "W"),
+                   help=f"resize every {what} to H×W (one value: square) before use")
+
+
+def size_arg(args: argparse.Namespace) -> tuple[int, int] | None:
+    """``--size H [W]`` as (H, W), or None."""
+    size = getattr(args, "size", None)
+    if size is None:
+        return None
+    if len(size) > 2:
+        raise AdvshieldError(f"--size takes H W (or one value for a square), not {len(size)} values")
+    return (size[0], size[-1])
+
+
+def _is_checkpoint(spec: str) -> bool:
+    return spec.startswith("zoo:") or spec.endswith((".safetensors", ".json"))
+
+
+def open_model(spec: str, args: argparse.Namespace, flag: str = "--model") -> object:
+    """``load_model(spec)`` with ``--mean``/``--std`` applied to a user model (not to zoo/card checkpoints) and a
+    one-line error naming ``flag``."""
+    from ..models import load_model
+
+    mean, std = getattr(args, "mean", None), getattr(args, "std", None)
+    norm = {} if _is_checkpoint(spec) else {"mean": mean, "std": std}
+    try:
+        return load_model(spec, **norm)
+    except AdvshieldError as e:
+        raise type(e)(f"{flag} {spec}: {e}") from None
+
+
+def check_norm_flags(specs: list[str], args: argparse.Namespace) -> None:
+    """Refuse ``--mean``/``--std`` when no model of the command would take them (all zoo/card checkpoints)."""
+    if (getattr(args, "mean", None) or getattr(args, "std", None)) and all(_is_checkpoint(s) for s in specs):
+        raise AdvshieldError("--mean/--std apply to py:, timm:, torchvision:, hf: and torchscript: models; zoo and "
+                             ".safetensors checkpoints normalise inside")

@@ -3,16 +3,17 @@ zoo classifiers) for every registered attack and defense."""
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 
 from ..data import load_dataset
 from ..errors import AdvshieldError
 from ..models import load_model
 from ..models.zoo import zoo_cards
-from ..registry import ATTACKS, DEFENSES
+from ..registry import ATTACKS
 from ..utils import pick_device
 from .common import apply_runtime, check_names, command_line, csv_list, positive_int
-from .eval import add_grid_flags
+from .eval import add_grid_flags, cli_reason, pick_defenses
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -21,7 +22,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        "defended zoo classifier is evaluated on them. Writes OUT/report.md and OUT/report.json.")
     p.add_argument("--out", default="demo-out", help="output directory (default demo-out)")
     p.add_argument("--models", type=csv_list, default=None,
-                   help="zoo names to use (default: every plain Fashion-MNIST classifier in the zoo, not the FRU models)")
+                   help="zoo names to use (default: every plain Fashion-MNIST classifier in the zoo, not the FRU "
+                   "models)")
     p.add_argument("--data-root", default=None, help="directory holding the Fashion-MNIST files")
     p.add_argument("--ssp-steps", type=positive_int, default=20,
                    help="SSP iterations in the demo (default 20, to fit the 5-minute budget; the paper uses 100)")
@@ -35,9 +37,10 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.time()
     apply_runtime(args)
     attacks = args.attacks or ATTACKS.names()
-    defenses = args.defenses or DEFENSES.names()
     check_names("attack", attacks, ATTACKS.names())
-    check_names("defense", defenses, DEFENSES.names())
+    defenses, left = pick_defenses(args.defenses, 1, args.adapt_channels, args.seed)  # Fashion-MNIST: 1 channel
+    for spec, reason in left.items():
+        print(f"advshield: note: defense {spec} left out: {cli_reason(reason)}", file=sys.stderr)
     names = args.models or [c["name"] for c in zoo_cards()
                             if c["kind"] == "classifier" and c["dataset"] == "fashion-mnist"
                             and "base" not in c]  # FRU models (a base + FRUs) are evaluated by benchmarks/fru.py

@@ -4,20 +4,25 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import sys
+from typing import Any
+
 from ..data import load_dataset
 from ..errors import AdvshieldError
-from ..models import load_model
 from ..registry import ATTACKS, DEFENSES
 from ..utils import pick_device
-from .common import (add_runtime_flags, apply_runtime, batch_int, budget_pixels, check_names, command_line,
-                     csv_list, norm_budget_pixels, pixels, positive_int)
+from .common import (add_label_flags, add_model_flags, add_runtime_flags, add_size_flag, apply_runtime, batch_int,
+                     budget_pixels, check_names, check_norm_flags, command_line, csv_list, norm_budget_pixels,
+                     open_model, pixels, positive_int, size_arg)
 
 
 def add_grid_flags(p: argparse.ArgumentParser, n_default: int | None) -> None:
     p.add_argument("--attacks", type=csv_list, default=None,
                    help=f"comma-separated attacks (default: all registered: {', '.join(ATTACKS.names())})")
     p.add_argument("--defenses", type=csv_list, default=None,
-                   help=f"comma-separated defenses (default: all registered: {', '.join(DEFENSES.names())})")
+                   help="comma-separated defense specs: registered names with settings and stacks (jpeg:quality=50, "
+                   "median+jpeg) or trained purifiers (zoo:NAME, FILE.safetensors); default: every registered "
+                   f"defense that fits the data ({', '.join(DEFENSES.names())})")
     p.add_argument("--eps", type=budget_pixels, default=pixels("25.5"),
                    help="L∞ budget in 0-255 pixel units (default 25.5 = 0.1)")
     p.add_argument("--eps-l2", type=norm_budget_pixels, default=pixels("382.5"),
@@ -25,6 +30,10 @@ def add_grid_flags(p: argparse.ArgumentParser, n_default: int | None) -> None:
     p.add_argument("--n", type=positive_int, default=n_default, help="number of images (default %(default)s)")
     p.add_argument("--batch-size", type=batch_int, default=250)
     p.add_argument("--cache-dir", default=None, help="cache crafted batches here and reuse them on a re-run")
+    p.add_argument("--adapt-channels", action="store_true",
+                   help="let 1-channel models and purifiers take RGB data (luma / per channel) and 3-channel models "
+                   "grayscale data; without it a channel mismatch is an error and mismatched default defenses are "
+                   "left out")
     add_runtime_flags(p)
 
 
@@ -42,27 +51,39 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="universal perturbations (.npy from `advshield uap`), evaluated as source 'universal'; "
                    "with them, --attacks defaults to none")
     p.add_argument("--out", required=True, help="output directory")
+    add_label_flags(p)
+    add_size_flag(p)
+    add_model_flags(p, adapt=False)
     add_grid_flags(p, n_default=None)
     p.set_defaults(run=run)
 
 
-def load_named(specs: list[str]) -> dict:
-    """spec → model, keyed by a short name (``zoo:fmnist-vgg`` → ``fmnist-vgg``)."""
+def short_name(spec: str) -> str:
+    """A model's name in reports: ``zoo:fmnist-vgg`` → ``fmnist-vgg``; other specs as given."""
+    return spec.split(":", 1)[1] if spec.startswith(("zoo:", "torchvision:", "timm:")) else spec
+
+
+def load_named(specs: list[str], args: argparse.Namespace | None = None, flag: str = "--models") -> dict:
+    """short name → model for every spec (``--mean``/``--std`` from ``args`` applied to user models)."""
     models = {}
     for spec in specs:
-        name = spec.split(":", 1)[1] if spec.startswith(("zoo:", "torchvision:")) else spec
-        models[name] = load_model(spec)
+        name = short_name(spec)
+        if name in models:
+            raise AdvshieldError(f"{flag}: {spec} is given twice")
+        models[name] = open_model(spec, args or argparse.Namespace(), flag)
     return models
 
 
 def load_baselines(models: dict) -> dict:
     """For every model whose card names a ``base`` (FRU models), that base from the zoo (restoration accuracy
-    is measured against the undefended base)."""
+    is measured against the undefended base); the base is resolved as a zoo name, never as a path."""
+    from ..models import resolve_base
+
     out = {}
     for name, model in models.items():
-        base = (getattr(model, "card", None) or {}).get("base")
-        if base:
-            out[name] = load_model(f"zoo:{base}")
+        card = getattr(model, "card", None) or {}
+        if card.get("base"):
+            out[name] = resolve_base(card)
     return out
 
 
@@ -79,30 +100,113 @@ def load_perturbations(paths: list[str]) -> dict:
     return out
 
 
-def run(args: argparse.Namespace) -> int:
-    from ..eval.grid import evaluate, save_results
+def fit_models(models: dict, shape: tuple[int, int, int], flag: str, adapt: bool) -> dict:
+    """Check every model takes images of ``shape`` (C, H, W); wrap them for the other channel count when
+    ``adapt``."""
+    from ..models.domain import adapt_channels, check_domain, input_domain
 
-    apply_runtime(args)
-    perturbations = load_perturbations(args.perturbations) if args.perturbations else None
-    attacks = args.attacks if args.attacks is not None else ([] if perturbations else ATTACKS.names())
-    defenses = args.defenses or DEFENSES.names()
-    check_names("attack", attacks, ATTACKS.names())
-    check_names("defense", defenses, DEFENSES.names())
-    models = load_named(args.models)
-    sources = load_named(args.sources) if args.sources else None
-    data = load_dataset(args.data, args.split, args.data_root).subset(args.n)
+    out = {}
+    for name, model in models.items():
+        check_domain(input_domain(model), shape, f"{flag} {getattr(model, 'spec', name)}", adapt)
+        out[name] = adapt_channels(model) if adapt else model
+    return out
+
+
+def cli_reason(reason: str) -> str:
+    """A library reason worded with the CLI flag."""
+    return reason.replace("add adapt_channels=true", "pass --adapt-channels")
+
+
+def pick_defenses(given: list[str] | None, channels: int, adapt: bool, seed: int) -> tuple[dict, dict[str, str]]:
+    """(spec → built defense, left-out default spec → reason). Explicit specs that do not fit the data are an
+    error; defaults that do not fit are left out (unless ``adapt``)."""
+    from ..defenses.base import build_defense
+    from ..defenses.spec import compatible_defenses
+
+    specs = given or DEFENSES.names()
+    left: dict[str, str] = {}
+    if not adapt:
+        kept, left = compatible_defenses(specs, channels)
+        if given and left:
+            spec, reason = next(iter(left.items()))
+            raise AdvshieldError(f"--defenses {spec}: {cli_reason(reason)}")
+        specs = kept
+    built = {}
+    for spec in specs:
+        try:
+            built[spec] = build_defense(spec, seed, adapt_channels=adapt)
+        except AdvshieldError as e:
+            raise AdvshieldError(f"--defenses {spec}: {e}") from None
+    return built, left
+
+
+def load_data(args: argparse.Namespace) -> Any:
+    """The evaluation images: a named dataset or an image folder (labels per --labels/--class-map), the first
+    --n, resized to --size."""
+    from ..data.folder import resize_dataset
+
+    folder = Path(args.data).is_dir() and args.data not in ("fashion-mnist", "mnist", "cifar10")
+    if not folder and (args.class_map or args.labels == "model"):
+        raise AdvshieldError(f"--labels model and --class-map apply to image folders; {args.data} has its own labels")
+    kw = {"size": size_arg(args), "class_map": args.class_map, "labels": args.labels,
+          "flags": ("--labels", "--class-map", "--size H W")} if folder else {}
+    data = load_dataset(args.data, args.split, args.data_root, **kw).subset(args.n)
     if len(data) == 0:
         raise AdvshieldError(f"dataset {args.data!r} has no images")
+    size = size_arg(args)
+    return resize_dataset(data, size) if size and not folder else data
+
+
+def print_lines(lines: list[str]) -> None:
+    for line in lines:
+        print(line, file=sys.stderr if line.startswith("advshield:") else sys.stdout)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..eval.grid import evaluate, save_results
+    from ..eval.preflight import accuracy_lines, clean_accuracy, label_by_model
+
+    apply_runtime(args)
+    device = pick_device(args.device)
+    perturbations = load_perturbations(args.perturbations) if args.perturbations else None
+    attacks = args.attacks if args.attacks is not None else ([] if perturbations else ATTACKS.names())
+    check_names("attack", attacks, ATTACKS.names())
+    check_norm_flags(args.models + (args.sources or []), args)
+    data = load_data(args)
+    shape = tuple(int(v) for v in data.images.shape[1:])
+    models = fit_models(load_named(args.models, args), shape, "--models", args.adapt_channels)
+    sources = fit_models(load_named(args.sources, args, "--sources"), shape, "--sources", args.adapt_channels) \
+        if args.sources else None
+    defenses, left = pick_defenses(args.defenses, shape[0], args.adapt_channels, args.seed)
     for name, delta in (perturbations or {}).items():
-        if tuple(delta.shape) != tuple(data.images.shape[1:]):
-            raise AdvshieldError(f"perturbation {name!r} is {tuple(delta.shape)} (C×H×W), the images are "
-                                 f"{tuple(data.images.shape[1:])}")
+        if tuple(delta.shape) != shape:
+            raise AdvshieldError(f"perturbation {name!r} is {tuple(delta.shape)} (C×H×W), the images are {shape}")
+    lines = []
+    mapping = getattr(data, "class_mapping", None)
     if (data.labels < 0).any():
-        raise AdvshieldError(f"{args.data} has unlabelled images; eval needs class sub-folders")
+        first = next(iter(models))
+        data = label_by_model(models[first], data, args.batch_size, device)
+        lines.append(f"labels: the clean predictions of {args.models[0]} (--labels model or no class sub-folders)")
+        labels_meta: dict = {"mode": "model", "model": args.models[0]}
+    else:
+        labels_meta = {"mode": "folder", **mapping.to_json()} if mapping is not None else {"mode": "dataset"}
+        if mapping is not None:
+            lines.append(f"labels: from class folders by {mapping.rule} ({mapping.num_classes} classes)")
+    for spec, model in zip(args.models, models.values()):
+        correct, total, classes = clean_accuracy(model.to(device), data.batches(args.batch_size), device)
+        if int(data.labels.max()) >= classes:
+            raise AdvshieldError(f"--models {spec} has {classes} classes, but the data hold label "
+                                 f"{int(data.labels.max())}; give --class-map")
+        lines += accuracy_lines(spec, correct, total, classes)
+    for spec, reason in left.items():
+        lines.append(f"advshield: note: defense {spec} left out: {cli_reason(reason)}")
+    print_lines(lines)
     res = evaluate(models, data, attacks, defenses, args.eps, args.eps_l2, args.batch_size, args.seed,
-                   pick_device(args.device), sources=sources, cache_dir=args.cache_dir,
+                   device, sources=sources, cache_dir=args.cache_dir,
                    perturbations=perturbations, baselines=load_baselines(models))
     res.meta["command"] = command_line()
+    res.meta["labels"] = labels_meta
+    res.meta["left_out_defenses"] = left
     paths = save_results(res, args.out, f"advshield eval on {data.name}")
     print(paths["markdown"].read_text())
     print(f"wrote {paths['markdown']} and {paths['json']}")

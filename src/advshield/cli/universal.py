@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import AdvshieldError
-from .common import (add_runtime_flags, apply_runtime, batch_int, command_line, finite_pixels,
-                     positive_int, size_int)
+from .common import (add_model_flags, add_runtime_flags, add_size_flag, apply_runtime, batch_int, check_norm_flags,
+                     command_line, finite_pixels, open_model, positive_int, size_arg)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -36,7 +36,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--held-out", type=positive_int, default=1000,
                    help="held-out images for the second fooling rate (default 1000): the first ones of the test "
                    "split when fitting on train, else the images after the fit set")
-    p.add_argument("--size", type=size_int, default=None, help="image folders: resize every image to SIZE×SIZE")
+    add_size_flag(p)
+    add_model_flags(p)
     p.add_argument("--eps", type=finite_pixels, required=True,
                    help="budget in 0-255 units: L∞ per pixel (25.5 = 0.1), or the L2 norm of δ on the 0-255 scale "
                    "(382.5 = 1.5 in [0,1] units)")
@@ -71,7 +72,7 @@ def _outputs(args: argparse.Namespace) -> tuple[Path, Path, Path | None]:
 def _data(args: argparse.Namespace) -> tuple[Any, Any, str, str]:
     """(fit set, held-out set or None, description of each)."""
     from ..data import DATASETS, load_dataset
-    from ..data.folder import image_folder
+    from ..data.folder import image_folder, resize_dataset
 
     if args.data in DATASETS:
         ds = load_dataset(args.data, args.split, args.data_root)
@@ -82,8 +83,9 @@ def _data(args: argparse.Namespace) -> tuple[Any, Any, str, str]:
             held = ds.subset(args.held_out, offset=args.n)
             held_desc = f"{args.data} test[{args.n}:{args.n + len(held)}]"
         fit_desc = f"{args.data} {args.split}[:{min(args.n, len(ds))}]"
-    elif Path(args.data).is_dir():
-        ds = image_folder(args.data, size=args.size)
+    elif Path(args.data).is_dir():  # labels are not used: fooling rates compare with the model's predictions
+        ds = image_folder(args.data, size=size_arg(args), labels="model",
+                          flags=("--labels", "--class-map", "--size H W"))
         held = ds.subset(args.held_out, offset=args.n)
         fit_desc, held_desc = f"{args.data}[:{min(args.n, len(ds))}]", f"{args.data}[{args.n}:{args.n + len(held)}]"
     else:
@@ -91,6 +93,10 @@ def _data(args: argparse.Namespace) -> tuple[Any, Any, str, str]:
     fit = ds.subset(args.n)
     if len(fit) == 0:
         raise AdvshieldError(f"--data {args.data} has no images")
+    size = size_arg(args)
+    if size is not None and args.data in DATASETS:
+        fit = resize_dataset(fit, size)
+        held = resize_dataset(held, size)
     return fit, (held if len(held) else None), fit_desc, held_desc
 
 
@@ -125,9 +131,8 @@ def build(name: str, model: Any, eps: float, norm: str, seed: int, **kw: Any) ->
 def run(args: argparse.Namespace) -> int:
     from .. import __version__
     from ..attacks.universal import fooling_rate, perturbation_png, save_perturbation
-    from ..models import load_model
+    from ..models.domain import adapt_channels, check_domain, input_domain
     from ..utils import pick_device, write_json
-    from .imagetree import adapt_channels
 
     apply_runtime(args)
     kw = overrides(args.method, args.iters, args.batch_size)  # unknown name: fail before reading anything
@@ -136,9 +141,12 @@ def run(args: argparse.Namespace) -> int:
     if args.norm == "linf" and args.eps > 1:
         raise AdvshieldError(f"--eps {args.eps * 255:g} is above 255, more than the whole pixel range")
     out, side, png = _outputs(args)
-    model = load_model(args.model).to(pick_device(args.device))
-    adapt_channels(model)
+    check_norm_flags([args.model], args)
+    model = open_model(args.model, args, "--model")
     fit, held, fit_desc, held_desc = _data(args)
+    check_domain(input_domain(model), tuple(int(v) for v in fit.images.shape[1:]), f"--model {args.model}",
+                 args.adapt_channels)
+    model = (adapt_channels(model) if args.adapt_channels else model).to(pick_device(args.device))
     atk = build(args.method, model, args.eps, args.norm, args.seed, **kw)
 
     t0 = time.perf_counter()

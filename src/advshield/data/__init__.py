@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from ..errors import DataError
 from .cifar import cifar10
@@ -28,14 +28,16 @@ def register_dataset(name: str, loader: Callable[..., TensorDataset]) -> None:
     DATASETS[name] = loader
 
 
-def load_dataset(name: str, split: str = "test", root: str | os.PathLike | None = None) -> TensorDataset:
-    """A registered dataset by name (``fashion-mnist``, ``mnist``, ``cifar10``), or an image folder path."""
+def load_dataset(name: str, split: str = "test", root: str | os.PathLike | None = None,
+                 **folder_kw: Any) -> TensorDataset:
+    """A registered dataset by name (``fashion-mnist``, ``mnist``, ``cifar10``), or an image folder path
+    (``folder_kw``: :func:`~advshield.data.folder.image_folder`'s ``size``, ``class_map``, ``labels``, ``flags``)."""
     if name in DATASETS:
         return DATASETS[name](split, root)
     if Path(name).is_dir():
         from .folder import image_folder
 
-        return image_folder(name)
+        return image_folder(name, **folder_kw)
     raise DataError(f"unknown dataset {name!r}: not one of {', '.join(sorted(DATASETS))} and not a directory")
 
 

@@ -63,9 +63,11 @@ class ImageFolder:
     cannot be listed is a DataError.
     """
 
-    def __init__(self, root: str | os.PathLike, channels: int | None = None) -> None:
+    def __init__(self, root: str | os.PathLike, channels: int | None = None,
+                 size: int | tuple[int, int] | None = None) -> None:
         self.root = Path(root)
         self.channels = _check_channels(channels)
+        self.size = size_pair(size) if size is not None else None  # every image resized to (H, W) when set
         if not self.root.exists():
             raise DataError(f"image folder {self.root} does not exist")
         if not self.root.is_dir():
@@ -99,8 +101,14 @@ class ImageFolder:
         return self.files[i].relative_to(self.root)
 
     def load(self, i: int) -> torch.Tensor:
-        """Image ``i`` as float32 C×H×W in [0,1]."""
-        return read_image(self.files[i], self.channels)
+        """Image ``i`` as float32 C×H×W in [0,1] (resized to :attr:`size` when set)."""
+        x = read_image(self.files[i], self.channels)
+        return resize(x, self.size) if self.size is not None else x
+
+    def shape(self, i: int) -> tuple[int, int, int]:
+        """(C, H, W) that :meth:`load` returns for image ``i``, from the file header only."""
+        c, h, w = header_shape(self.files[i], self.channels)
+        return (c, *self.size) if self.size is not None else (c, h, w)
 
 
 def _check_channels(channels: int | None) -> int | None:
@@ -194,8 +202,8 @@ def header_shape(path: str | os.PathLike, channels: int | None = None) -> tuple[
 def group_by_size(folder: ImageFolder) -> list[list[int]]:
     """Indices of ``folder`` grouped by (C, H, W), groups in order of first appearance, indices ascending."""
     groups: dict[tuple[int, int, int], list[int]] = {}
-    for i, f in enumerate(folder.files):
-        groups.setdefault(header_shape(f, folder.channels), []).append(i)
+    for i in range(len(folder.files)):
+        groups.setdefault(folder.shape(i), []).append(i)
     return list(groups.values())
 
 
@@ -225,7 +233,8 @@ def size_pair(size: int | tuple[int, int]) -> tuple[int, int]:
 def image_folder(root: str | os.PathLike, channels: int | None = None,
                  size: int | tuple[int, int] | None = None,
                  class_map: Mapping[str, int] | str | os.PathLike | None = None,
-                 labels: str = "auto") -> TensorDataset:
+                 labels: str = "auto", flags: tuple[str, str, str] = ("labels", "class_map", "size=(H, W)")
+                 ) -> TensorDataset:
     """All images under ``root`` as a uint8 N×C×H×W :class:`TensorDataset`.
 
     Labels come from :func:`~advshield.data.labels.resolve_labels` (``labels`` "auto", "folder" or "model";
@@ -233,9 +242,10 @@ def image_folder(root: str | os.PathLike, channels: int | None = None,
     ``labels="model"``. ``classes`` are then the class names by index and ``class_mapping`` the folder → index
     mapping (None without class folders). Images must share one size unless ``size=(H, W)`` is given, in which
     case each is resized (bilinear). Grayscale and colour images can only be mixed with ``channels`` set.
+    ``flags``: how messages name the labels, class-map and size arguments (a CLI passes its flags).
     """
     folder = ImageFolder(root, channels)
-    plan = resolve_labels(folder, labels, class_map)
+    plan = resolve_labels(folder, labels, class_map, mode_name=flags[0], map_name=flags[1])
     hw = size_pair(size) if size is not None else None
     shapes = [header_shape(f, channels) for f in folder.files]
     if len({s[0] for s in shapes}) > 1:
@@ -245,7 +255,7 @@ def image_folder(root: str | os.PathLike, channels: int | None = None,
     if hw is None and len({s[1:] for s in shapes}) > 1:
         i = next(k for k, s in enumerate(shapes) if s[1:] != shapes[0][1:])
         raise DataError(f"images in {folder.root} differ in size ({folder.rel(0)} is {shapes[0][1]}×{shapes[0][2]}, "
-                        f"{folder.rel(i)} is {shapes[i][1]}×{shapes[i][2]}); pass size=(H, W) to resize them")
+                        f"{folder.rel(i)} is {shapes[i][1]}×{shapes[i][2]}); pass {flags[2]} to resize them")
     c, h, w = shapes[0][0], *(hw or shapes[0][1:])
     images = torch.empty(len(folder), c, h, w, dtype=torch.uint8)
     for i in range(len(folder)):
@@ -274,3 +284,14 @@ def save_png(x: torch.Tensor, path: str | os.PathLike) -> None:
             img.save(tmp, format="PNG")
     except OSError as e:
         raise DataError(f"cannot write {path}: {_one_line(e)}") from None
+
+
+def resize_dataset(ds: TensorDataset, size: int | tuple[int, int]) -> TensorDataset:
+    """``ds`` with every image resized to ``size`` (H, W) (Pillow bilinear, stored as uint8); ``ds`` itself when
+    the images already have that size."""
+    h, w = size_pair(size)
+    if tuple(ds.images.shape[2:]) == (h, w):
+        return ds
+    images = torch.stack([to_uint8(resize(ds[i][0], (h, w))) for i in range(len(ds))]) if len(ds) else \
+        torch.empty(0, ds.images.shape[1], h, w, dtype=torch.uint8)
+    return TensorDataset(images, ds.labels, ds.classes, ds.name, getattr(ds, "class_mapping", None))

@@ -27,16 +27,18 @@ from pathlib import Path
 import torch
 
 from ..errors import AdvshieldError, DataError
-from .folder import IMAGE_EXTS, ImageFolder, group_by_size, header_shape, is_image, save_png, to_uint8
+from .folder import IMAGE_EXTS, ImageFolder, group_by_size, header_shape, is_image, read_image, save_png, to_uint8
 
 
 # -- reading ------------------------------------------------------------------------------------------------
-def load_folder(source: str | os.PathLike, verb: str = "attacked") -> ImageFolder:
-    """The :class:`ImageFolder` at ``source``; decodes every image once so a corrupt file fails before any
-    output is written. ``verb`` completes the note about loose files skipped beside class folders."""
-    folder = ImageFolder(source)
+def load_folder(source: str | os.PathLike, verb: str = "attacked",
+                size: int | tuple[int, int] | None = None) -> ImageFolder:
+    """The :class:`ImageFolder` at ``source`` (every image resized to ``size`` (H, W) when given); decodes every
+    image once so a corrupt file fails before any output is written. ``verb`` completes the note about loose
+    files skipped beside class folders."""
+    folder = ImageFolder(source, size=size)
     for i in range(len(folder)):
-        folder.load(i)
+        read_image(folder.files[i], folder.channels)
     if folder.classes:
         loose = [p for p in folder.root.iterdir() if p.is_file() and is_image(p)]
         if loose:
