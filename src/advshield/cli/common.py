@@ -291,8 +291,12 @@ def size_arg(args: argparse.Namespace) -> tuple[int, int] | None:
     return (size[0], size[-1])
 
 
+USER_MODEL_SCHEMES = ("py:", "timm:", "torchvision:", "hf:", "torchscript:")
+
+
 def _is_checkpoint(spec: str) -> bool:
-    return spec.startswith("zoo:") or spec.endswith((".safetensors", ".json"))
+    """A zoo entry or an advshield .safetensors/.json checkpoint (normalisation inside), not a user model."""
+    return not spec.startswith(USER_MODEL_SCHEMES)
 
 
 def open_model(spec: str, args: argparse.Namespace, flag: str = "--model") -> object:
