@@ -116,6 +116,71 @@ def _notpy(root: Path) -> Path:
     return path
 
 
+def _rgb(root: Path) -> Path:
+    """``rgb/<word>/<k>.png``: RGB 32×32 images in word-named class folders (cat, dog)."""
+    import numpy as np
+    from PIL import Image
+
+    base = root / "rgb"
+    for i, word in enumerate(("cat", "dog")):
+        (base / word).mkdir(parents=True)
+        for k in range(2):
+            img = np.random.default_rng(10 * i + k).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+            Image.fromarray(img, "RGB").save(base / word / f"{k}.png")
+    return base
+
+
+USER_NET = """
+from torch import nn
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.fc(self.pool(self.conv(x)).flatten(1))
+
+
+def needs_args(width):
+    return Net()
+"""
+
+
+def _usernet(root: Path) -> Path:
+    """``user/net.py`` (class Net: RGB, 2 classes), ``user/net.safetensors`` (its weights),
+    ``user/wrong.safetensors`` (a state dict with a wrong shape) and ``user/script.pt`` (TorchScript)."""
+    import torch
+    from safetensors.torch import save_file
+
+    base = root / "user"
+    base.mkdir()
+    (base / "net.py").write_text(USER_NET)
+    ns: dict[str, Any] = {}
+    exec(compile(USER_NET, "net", "exec"), ns)
+    torch.manual_seed(0)
+    net = ns["Net"]()
+    state = {k: v.contiguous() for k, v in net.state_dict().items()}
+    save_file(state, str(base / "net.safetensors"))
+    save_file({**state, "fc.weight": torch.zeros(3, 4)}, str(base / "wrong.safetensors"))
+    scripted = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+                                   torch.nn.Linear(4, 2))
+    torch.jit.save(torch.jit.script(scripted), str(base / "script.pt"))
+    (base / "map-missing.json").write_text(json.dumps({"cat": 0}))
+    (base / "map-big.json").write_text(json.dumps({"cat": 0, "dog": 50}))
+    return base
+
+
+def _corrupt(root: Path) -> Path:
+    """``corrupt/``: a 2-class gray tree with one file that is not an image."""
+    base = _tree(root, "corrupt", [(28, 28), (28, 28)])
+    (base / "1_c1" / "broken.png").write_bytes(b"\x89PNG not really")
+    return base
+
+
 SETUPS: dict[str, Callable[[Path], Path]] = {
     "tree": lambda r: _tree(r, "tree", [(28, 28), (28, 28)]),      # 2 classes × 2 gray 28×28 PNGs
     "tiny": lambda r: _tree(r, "tiny", [(28, 28), (1, 1)]),        # class 1 holds 1×1 images
@@ -124,6 +189,9 @@ SETUPS: dict[str, Callable[[Path], Path]] = {
     "link": _link,
     "notjson": _notjson,
     "notpy": _notpy,
+    "rgb": _rgb,
+    "user": _usernet,
+    "corrupt": _corrupt,
 }
 
 
@@ -457,7 +525,8 @@ def _api_huge_card(p: dict[str, Path]) -> Any:
     return load_model(str(p["models"] / "huge.safetensors"))
 
 
-def _pending() -> list[Case]:
+def _user_cases() -> list[Case]:
+    """Your model, your data: specs, labels, domains, defenses, odd images (were PENDING_CASES)."""
     imgs = "data/imagetree, data/folder: image-size checks before any output"
     c: list[Case] = []
     for setup, what in (("tiny", "a 1×1 image"), ("odd", "a 33×40 image")):
@@ -519,8 +588,168 @@ def _pending() -> list[Case]:
     return c
 
 
-CASES: list[Case] = _cases()
-PENDING_CASES: list[Case] = _pending()
+USER = "py:{user}/net.py:Net@{user}/net.safetensors"
+
+
+def _more_cases() -> list[Case]:
+    """Model specs, labels, channel/size domains and defense specs on the command line."""
+    def atk(*extra: str, setup: tuple[str, ...] = ("rgb", "user"), src: str = "{rgb}") -> tuple[str, ...]:
+        return ("attack", "--attack", "fgsm", "--source-dir", src, "--out-dir", "{out}", *extra)
+
+    def case(cid: str, tries: str, argv: tuple[str, ...], setup: tuple[str, ...] = ("rgb", "user")) -> Case:
+        return Case(cid, tries, argv, setup=setup)
+
+    return [
+        case("attack gray model on RGB", "1-channel zoo model on RGB images, no --adapt-channels",
+             atk("--model", VGG)),
+        case("attack zoo model on 32x32", "28×28 zoo model on 32×32 images with --adapt-channels, no --size",
+             atk("--model", VGG, "--adapt-channels")),
+        case("attack --size 0", "zero image size", atk("--model", USER, "--size", "0")),
+        case("attack --size 1 2 3", "three sizes", atk("--model", USER, "--size", "1", "2", "3")),
+        case("attack py: wrong shape", "weights whose fc.weight has the wrong shape",
+             atk("--model", "py:{user}/net.py:Net@{user}/wrong.safetensors")),
+        case("attack py: missing name", "py: file without the named class", atk("--model", "py:{user}/net.py:Nope")),
+        case("attack py: needs arguments", "py: factory with a required argument",
+             atk("--model", "py:{user}/net.py:needs_args")),
+        case("attack py: missing weights", "py: weights file that does not exist",
+             atk("--model", "py:{user}/net.py:Net@{user}/none.safetensors")),
+        case("attack --std 0", "zero std", atk("--model", USER, "--mean", "0.5", "--std", "0")),
+        case("attack --mean nan", "NaN mean", atk("--model", USER, "--mean", "nan")),
+        case("attack --mean 3 values 2 std", "mean and std of different lengths",
+             atk("--model", USER, "--mean", "0.5,0.5,0.5", "--std", "0.2,0.2")),
+        case("attack --mean with zoo", "--mean for a zoo model (normalises inside)",
+             atk("--model", VGG, "--mean", "0.5", "--adapt-channels", "--size", "28", "28")),
+        case("attack timm: missing", "timm: without timm installed", atk("--model", "timm:resnet18")),
+        case("attack torchvision: missing", "torchvision: without torchvision installed",
+             atk("--model", "torchvision:resnet18")),
+        case("attack hf: not a dir", "hf: folder that does not exist", atk("--model", "hf:{root}/nothing")),
+        case("ssp torchscript --layer", "TorchScript model where hooks are needed",
+             ("ssp", "--model", "torchscript:{user}/script.pt", "--layer", "0", "--source-dir", "{rgb}",
+              "--out-dir", "{out}")),
+        case("attack class map lacks a folder", "class map without the dog folder",
+             atk("--model", USER, "--class-map", "{user}/map-missing.json")),
+        case("attack class index too big", "class map giving index 50 to a 2-class model",
+             atk("--model", USER, "--class-map", "{user}/map-big.json")),
+        case("attack --labels folder on flat tree", "--labels folder on a tree without class folders",
+             atk("--model", USER, "--labels", "folder", src="{rgb}/cat")),
+        case("attack --class-map with --labels model", "a class map with labels from the model",
+             atk("--model", USER, "--labels", "model", "--class-map", "{user}/map-big.json")),
+        case("attack corrupt image", "a file that is not an image", atk("--model", VGG, src="{corrupt}"),
+             setup=("corrupt",)),
+        case("attack out-dir = source", "--out-dir the source tree itself", ("attack", "--attack", "fgsm",
+             "--model", USER, "--source-dir", "{rgb}", "--out-dir", "{rgb}")),
+        case("attack out-dir inside source", "--out-dir inside the source tree", ("attack", "--attack", "fgsm",
+             "--model", USER, "--source-dir", "{rgb}", "--out-dir", "{rgb}/cat/adv")),
+        case("eval gray model on RGB", "eval of a 1-channel model on RGB data",
+             ("eval", "--models", VGG, "--data", "{rgb}", "--attacks", "fgsm", "--out", "{out}")),
+        case("eval explicit gray purifier on RGB", "--defenses ae (1-channel purifier) on RGB data",
+             ("eval", "--models", USER, "--data", "{rgb}", "--attacks", "fgsm", "--defenses", "none,ae",
+              "--out", "{out}")),
+        case("eval --defenses jpeg:quality=500", "JPEG quality out of range",
+             ("eval", "--models", USER, "--data", "{rgb}", "--attacks", "fgsm", "--defenses", "jpeg:quality=500",
+              "--out", "{out}")),
+        case("eval --defenses jpeg:bogus=1", "unknown defense setting",
+             ("eval", "--models", USER, "--data", "{rgb}", "--attacks", "fgsm", "--defenses", "jpeg:bogus=1",
+              "--out", "{out}")),
+        case("eval --defenses median:window=4", "even median window",
+             ("eval", "--models", USER, "--data", "{rgb}", "--attacks", "fgsm", "--defenses", "median:window=4",
+              "--out", "{out}")),
+        case("eval --labels model on fashion-mnist", "--labels model for a dataset with its own labels",
+             ("eval", "--models", VGG, "--labels", "model", "--attacks", "fgsm", "--n", "4", "--out", "{out}")),
+        case("eval --models twice", "the same model twice",
+             ("eval", "--models", f"{USER},{USER}", "--data", "{rgb}", "--attacks", "fgsm", "--out", "{out}")),
+        case("purify gray purifier on RGB", "zoo:ae-fmnist on RGB images, no --adapt-channels",
+             ("purify", "--dir", "{rgb}", "--out-dir", "{out}", "--purifier", "zoo:ae-fmnist")),
+        case("purify --purifier nope", "unknown defense", ("purify", "--dir", "{rgb}", "--out-dir", "{out}",
+             "--purifier", "nope")),
+        case("purify --purifier jpeg:quality=0", "JPEG quality 0", ("purify", "--dir", "{rgb}", "--out-dir",
+             "{out}", "--purifier", "jpeg:quality=0")),
+        case("purify --purifier a classifier", "a classifier given as purifier", ("purify", "--dir", "{rgb}",
+             "--out-dir", "{out}", "--purifier", VGG)),
+        case("bypass gray purifier on RGB", "1-channel purifier + RGB model on RGB images",
+             ("bypass", "--test-dir", "{rgb}", "--purifier", NRP, "--model", USER, "--steps", "1")),
+    ]
+
+
+def _api(fn: Callable[[dict[str, Path]], Any], cid: str, tries: str, setup: tuple[str, ...] = ()) -> Case:
+    return Case(cid, tries, api=fn, setup=setup)
+
+
+def _tiny_model() -> Any:
+    import torch
+
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+                               torch.nn.Linear(4, 3))
+
+
+def _pgd(x: Any = None, y: Any = None, **kw: Any) -> Any:
+    import torch
+
+    from advshield.attacks import PGD
+
+    x = torch.rand(2, 3, 8, 8) if x is None else x
+    return PGD(_tiny_model(), **{"eps": 8 / 255, **kw})(x, y)
+
+
+def _api_cases() -> list[Case]:
+    """Bad library calls: each must raise AdvshieldError (a ValueError) naming the argument."""
+    import torch
+
+    def evaluate_l2(p: dict[str, Path]) -> Any:
+        from advshield.eval.grid import evaluate
+
+        return evaluate(_tiny_model(), (torch.rand(2, 3, 8, 8), torch.tensor([0, 1])), ["pgdl2"], ["none"], 0.1)
+
+    def evaluate_labels(p: dict[str, Path]) -> Any:
+        from advshield.eval.grid import evaluate
+
+        return evaluate(_tiny_model(), (torch.rand(2, 3, 8, 8), torch.tensor([0, 7])), ["fgsm"], ["none"], 0.1)
+
+    def defend_gray_on_rgb(p: dict[str, Path]) -> Any:
+        import advshield
+
+        return advshield.defend(_tiny_model(), "ae")(torch.rand(2, 3, 28, 28))
+
+    def py_wrong_shape(p: dict[str, Path]) -> Any:
+        from advshield.models import load_model
+
+        return load_model(f"py:{p['user']}/net.py:Net@{p['user']}/wrong.safetensors")
+
+    def spec_bad(p: dict[str, Path]) -> Any:
+        from advshield.defenses import build_defense
+
+        return build_defense("jpeg:quality=0")
+
+    def uap_bad_eps(p: dict[str, Path]) -> Any:
+        from advshield.attacks import UAP
+
+        return UAP(_tiny_model(), eps=float("nan"))
+
+    return [
+        _api(lambda p: _pgd(eps=float("nan")), "api PGD eps nan", "PGD(eps=nan)"),
+        _api(lambda p: _pgd(eps=2.0), "api PGD eps 2", "PGD(eps=2) (L∞ above the pixel range)"),
+        _api(lambda p: _pgd(steps=-3), "api PGD steps -3", "PGD(steps=-3)"),
+        _api(lambda p: _pgd(alpha=float("inf")), "api PGD alpha inf", "PGD(alpha=inf)"),
+        _api(lambda p: _pgd(x=torch.randint(0, 256, (2, 3, 8, 8), dtype=torch.uint8)), "api PGD uint8 x",
+             "uint8 images"),
+        _api(lambda p: _pgd(x=torch.rand(2, 3, 8, 8) * 255), "api PGD x in [0,255]", "float images in [0,255]"),
+        _api(lambda p: _pgd(x=torch.full((2, 3, 8, 8), float("nan"))), "api PGD NaN x", "NaN images"),
+        _api(lambda p: _pgd(x=torch.rand(3, 8, 8)), "api PGD 3-D x", "one image without the batch axis"),
+        _api(lambda p: _pgd(y=torch.tensor([0, 9])), "api PGD y out of range", "label 9 for a 3-class model"),
+        _api(lambda p: _pgd(y=torch.tensor([0.0, 1.0])), "api PGD float y", "float labels"),
+        _api(lambda p: _pgd(y=torch.tensor([0])), "api PGD y too short", "one label for two images"),
+        _api(uap_bad_eps, "api UAP eps nan", "UAP(eps=nan)"),
+        _api(evaluate_l2, "api evaluate L2 without eps_l2", "an L2 attack without eps_l2"),
+        _api(evaluate_labels, "api evaluate label out of range", "label 7 for a 3-class model"),
+        _api(defend_gray_on_rgb, "api defend gray purifier on RGB", 'defend(rgb_model, "ae") on RGB images'),
+        _api(py_wrong_shape, "api load_model py: wrong shape", "py: weights with a wrong shape", setup=("user",)),
+        _api(spec_bad, "api build_defense jpeg:quality=0", 'build_defense("jpeg:quality=0")'),
+    ]
+
+
+CASES: list[Case] = _cases() + _user_cases() + _more_cases() + _api_cases()
+PENDING_CASES: list[Case] = []
 
 
 # -- the benchmark ----------------------------------------------------------------------------------------------
@@ -557,15 +786,16 @@ def report(results: list[tuple[Case, Result, bool]], seconds: float) -> str:
         f"Machine: {machine()}; {seconds:.0f} s.",
         "",
         "Each case runs `advshield.cli.main.main(argv)` in-process (in a forked child with a memory and time "
-        "limit) inside a fresh temporary directory holding small gray PNG trees; `{tree}` is 2 classes × 2 28×28 "
-        "images, `{tiny}`/`{odd}` put 1×1 / 33×40 images beside 28×28 ones. *refused* = exit code 2, one stderr "
+        "limit) inside a fresh temporary directory holding small PNG trees; `{tree}` is 2 classes × 2 gray 28×28 "
+        "images, `{tiny}`/`{odd}` put 1×1 / 33×40 images beside 28×28 ones, `{rgb}` is RGB 32×32 images in "
+        "word-named class folders, `{user}` a user's `net.py` with its weights. API cases call the library "
+        "directly; for them *refused* means an `AdvshieldError` (a `ValueError`) naming the argument. *refused* = exit code 2, one stderr "
         "line `advshield: error: ...`, no file written, no input changed (hashed before and after). Goal: 0 "
         "tracebacks, 0 silent wrong results, 0 overwritten inputs.",
         "",
         f"**Totals, CASES:** {totals(main_rows)}.",
         "",
-        f"**Totals, PENDING_CASES (owned elsewhere):** {totals(pending_rows)}.",
-        "",
+        *([f"**Totals, PENDING_CASES (owned elsewhere):** {totals(pending_rows)}.", ""] if pending_rows else []),
         f"**All:** {totals(results)}.",
         "",
         "| case | tries | command | outcome | stderr / detail | pending: owner |",

@@ -16,7 +16,6 @@ import advshield
 from advshield.cli.main import main
 from advshield.eval.grid import evaluate
 
-
 USER_FILE = '''
 import torch
 from torch import nn
@@ -219,3 +218,30 @@ def test_torchscript_is_refused_where_hooks_are_needed(user, tmp_path, capsys):
     rc, _, se = run(capsys, "attack", "--attack", "fgsm", "--model", f"torchscript:{tmp_path / 'net.pt'}",
                     "--source-dir", user["pets"], "--out-dir", tmp_path / "o2", "--class-map", user["map"])
     assert rc == 0, se  # without hooks, gradient attacks work on TorchScript
+
+
+@pytest.mark.parametrize("command", ["attack", "ssp", "purify"])
+def test_interrupted_run_resumes(user, tmp_path, capsys, command):
+    out = tmp_path / "out"
+    argv = {"attack": ["attack", "--attack", "fgsm", "--model", user["spec"], "--mean", MEAN, "--std", STD,
+                       "--class-map", user["map"], "--source-dir", user["pets"], "--out-dir", out],
+            "ssp": ["ssp", "--model", user["spec"], "--mean", MEAN, "--std", STD, "--layer", "conv1", "--iters", "2",
+                    "--source-dir", user["pets"], "--out-dir", out],
+            "purify": ["purify", "--dir", user["pets"], "--out-dir", out, "--purifier", "median"]}[command]
+    assert run(capsys, *argv)[0] == 0
+    first = pngs(out)
+    kept = out / "cat" / "0.png"
+    stamp = kept.stat().st_mtime_ns
+    for rel in ("dog/1.png", "fish/3.png"):  # as if the run had stopped before these two
+        (out / rel).unlink()
+    stale = out / "dog" / ".1.png.abc123.tmp.png"
+    stale.write_bytes(b"half a file")
+    rc, _, se = run(capsys, *argv)
+    assert rc == 2 and "already exists" in se  # without --resume nothing is overwritten
+    rc, so, _ = run(capsys, *argv, "--resume")
+    assert rc == 0 and "wrote 2 PNGs" in so and "14 already there kept" in so
+    assert not stale.exists() and kept.stat().st_mtime_ns == stamp
+    again = pngs(out)
+    assert list(again) == list(first)
+    if command == "purify":  # deterministic: the resumed files are the same as the first run's
+        assert all((again[k] == first[k]).all() for k in first)

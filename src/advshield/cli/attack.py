@@ -96,8 +96,7 @@ def load_source(specs: list[tuple[str, str]], args: argparse.Namespace, folder: 
     models = []
     for flag, spec in specs:
         model = open_model(spec, args, flag)
-        check_tree_domain(model, folder, f"{flag} {spec}", args.adapt_channels,
-                          check_size=getattr(args, "command", "") != "ssp")
+        check_tree_domain(model, folder, f"{flag} {spec}", args.adapt_channels)
         models.append(adapt_channels(model) if args.adapt_channels else model)
     return models[0] if len(models) == 1 else Ensemble(models)
 
@@ -146,6 +145,8 @@ def run_ssp(args: argparse.Namespace) -> int:
     from ..attacks import SSP
 
     check_norm_flags([args.model], args)
+    if args.eps > 1:
+        raise AdvshieldError(f"--eps {args.eps * 255:g} is above 255, more than the whole pixel range (SSP is L∞)")
     folder, plan, device = _prepare(args)
     model = load_source([("--model", args.model)], args, folder).to(device)
     try:

@@ -181,6 +181,7 @@ def run(args: argparse.Namespace) -> int:
     for name, delta in (perturbations or {}).items():
         if tuple(delta.shape) != shape:
             raise AdvshieldError(f"perturbation {name!r} is {tuple(delta.shape)} (C×H×W), the images are {shape}")
+    baselines = load_baselines(models)
     lines = []
     mapping = getattr(data, "class_mapping", None)
     if (data.labels < 0).any():
@@ -191,7 +192,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         labels_meta = {"mode": "folder", **mapping.to_json()} if mapping is not None else {"mode": "dataset"}
         if mapping is not None:
-            lines.append(f"labels: from class folders by {mapping.rule} ({mapping.num_classes} classes)")
+            lines.append(f"labels: from class folders by {mapping.rule} ({len(mapping.index)} class folders)")
     for spec, model in zip(args.models, models.values()):
         correct, total, classes = clean_accuracy(model.to(device), data.batches(args.batch_size), device)
         if int(data.labels.max()) >= classes:
@@ -203,7 +204,7 @@ def run(args: argparse.Namespace) -> int:
     print_lines(lines)
     res = evaluate(models, data, attacks, defenses, args.eps, args.eps_l2, args.batch_size, args.seed,
                    device, sources=sources, cache_dir=args.cache_dir,
-                   perturbations=perturbations, baselines=load_baselines(models))
+                   perturbations=perturbations, baselines=baselines)
     res.meta["command"] = command_line()
     res.meta["labels"] = labels_meta
     res.meta["left_out_defenses"] = left

@@ -54,6 +54,8 @@ def run_fru(args: argparse.Namespace) -> int:
     from ..train.fru import FRUConfig, check_config, train_fru
 
     apply_runtime(args)
+    if args.norm == "linf" and args.eps > 1:
+        raise AdvshieldError(f"--eps {args.eps * 255:g} is above 255, more than the whole pixel range (L∞)")
     base = args.model.split(":", 1)[1] if args.model.startswith("zoo:") else Path(args.model).stem
     name = args.name or f"{base}-fru"
     cfg = FRUConfig(name=name, model=args.model, data=args.data, attack=args.attack, eps=args.eps, norm=args.norm,
