@@ -19,9 +19,9 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
+from _results import RESULTS, machine, update_section
 from torch import nn
 
-from _results import RESULTS, machine, update_section
 from advshield.attacks import PGD, SSP
 from advshield.data import load_dataset
 from advshield.models import load_model

@@ -27,10 +27,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-from torch import nn
-
 from _results import RESULTS, machine, update_section
 from nrp import Rows, keyed, pct, run
+from torch import nn
+
 from advshield.attacks import FGSM, PGD
 from advshield.cli.eval import load_named
 from advshield.data import load_dataset

@@ -789,7 +789,8 @@ def report(results: list[tuple[Case, Result, bool]], seconds: float) -> str:
         "limit) inside a fresh temporary directory holding small PNG trees; `{tree}` is 2 classes × 2 gray 28×28 "
         "images, `{tiny}`/`{odd}` put 1×1 / 33×40 images beside 28×28 ones, `{rgb}` is RGB 32×32 images in "
         "word-named class folders, `{user}` a user's `net.py` with its weights. API cases call the library "
-        "directly; for them *refused* means an `AdvshieldError` (a `ValueError`) naming the argument. *refused* = exit code 2, one stderr "
+        "directly; for them *refused* means an `AdvshieldError` (a `ValueError`) naming the argument. "
+        "*refused* = exit code 2, one stderr "
         "line `advshield: error: ...`, no file written, no input changed (hashed before and after). Goal: 0 "
         "tracebacks, 0 silent wrong results, 0 overwritten inputs.",
         "",

@@ -29,9 +29,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from _results import RESULTS, machine, update_section
 from torch import nn
 
-from _results import RESULTS, machine, update_section
 from advshield.attacks.universal import load_perturbation, save_perturbation
 from advshield.data import load_dataset
 from advshield.data.tensors import to_float
@@ -79,7 +79,8 @@ def r3(v: float) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--models", default="zoo:fmnist-vgg-fru,zoo:fmnist-resnet-fru", help="FRU models (cards name a base)")
+    ap.add_argument("--models", default="zoo:fmnist-vgg-fru,zoo:fmnist-resnet-fru",
+                    help="FRU models (cards name a base)")
     ap.add_argument("--n", type=int, default=2000, help="evaluated test images test[:n] (n ≤ 5000)")
     ap.add_argument("--fit-images", type=int, default=500, help="test[5000:5000+k] the attacker fits on")
     ap.add_argument("--uaps", type=int, default=3, help="held-out UAPs at the training strength")
@@ -164,15 +165,18 @@ def main() -> None:
             f"### {name} (base `{base_name}`)\n\n"
             f"Trained with `{card.get('command', '')}` — {card['training']['pool_size']} UAPs in the pool, "
             f"{card['training']['steps']} steps; training time {card['training']['train_time_s']:.0f} s + pool "
-            f"{fit_s:.0f} s = {card['training']['total_time_s']:.0f} s ({card['training']['total_time_s'] / 60:.1f} min).\n\n"
-            f"Restoration accuracy per defense (first row: clean top-1). FRU parameters: {card['parameters']['fru']:,}; "
+            f"{fit_s:.0f} s = {card['training']['total_time_s']:.0f} s "
+            f"({card['training']['total_time_s'] / 60:.1f} min).\n\n"
+            f"Restoration accuracy per defense (first row: clean top-1). "
+            f"FRU parameters: {card['parameters']['fru']:,}; "
             f"layers: {', '.join(card['arch_args']['layers'])}.\n\n{table}")
 
         def ra(p: str) -> float:
             return float(rows[(p, "none", name)]["restoration_accuracy"])
 
         seen = sum(ra(p) for p in groups["seen"]) / max(1, len(groups["seen"]))
-        clean_pts = 100 * (rows[(some, "none", base_name)]["clean_accuracy"] - rows[(some, "none", name)]["clean_accuracy"])
+        clean_pts = 100 * (rows[(some, "none", base_name)]["clean_accuracy"]
+                           - rows[(some, "none", name)]["clean_accuracy"])
         two = [p for p in groups["stronger"] if p.startswith("UAP 2×")]
         unseen_ra = {p: ra(p) for p in groups["unseen"]}
         met = lambda ok: "met" if ok else "not met"  # noqa: E731
@@ -180,8 +184,10 @@ def main() -> None:
             f"- {name}: held-out UAPs restoration {seen:.3f} (goal ≥ {GOALS['seen']}: {met(seen >= GOALS['seen'])}); "
             + "unseen " + ", ".join(f"{p} {v:.3f}" for p, v in unseen_ra.items())
             + f" (goal ≥ {GOALS['unseen']}: {met(all(v >= GOALS['unseen'] for v in unseen_ra.values()))}); "
-            + (f"2× strength {ra(two[0]):.3f} (goal ≥ {GOALS['2x']}: {met(ra(two[0]) >= GOALS['2x'])}); " if two else "")
-            + f"clean cost {clean_pts:+.1f} points (goal ≤ {GOALS['clean_points']}: {met(clean_pts <= GOALS['clean_points'])}); "
+            + (f"2× strength {ra(two[0]):.3f} (goal ≥ {GOALS['2x']}: {met(ra(two[0]) >= GOALS['2x'])}); "
+               if two else "")
+            + f"clean cost {clean_pts:+.1f} points "
+              f"(goal ≤ {GOALS['clean_points']}: {met(clean_pts <= GOALS['clean_points'])}); "
             + f"training {card['training']['total_time_s'] / 60:.1f} min (goal ≤ 30: "
             + f"{met(card['training']['total_time_s'] <= 1800)})."]
     command = "python benchmarks/fru.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
@@ -189,7 +195,8 @@ def main() -> None:
         f"## {args.title} (Fashion-MNIST, first {args.n} test images)",
         "", f"Command: `{command.strip()}`", f"Machine: {machine()}",
         f"Total time: {time.time() - t_start:.0f} s. Perturbations (L∞, eps {args.eps:g}/255 unless scaled) fitted "
-        f"on test[5000:{5000 + args.fit_images}] (UAP: at most {args.max_passes} passes or 80 % fooling) against the base network (gray-box: the attacker knows the base, "
+        f"on test[5000:{5000 + args.fit_images}] (UAP: at most {args.max_passes} passes or 80 % fooling) "
+        "against the base network (gray-box: the attacker knows the base, "
         "not the FRUs), except the white-box line (fitted through the FRU model). Restoration accuracy = (defended "
         "clean + defended perturbed top-1) / (2 × base clean top-1); 'no defense' is the base itself. Input "
         "transforms at their registry defaults, in front of the base.", "",

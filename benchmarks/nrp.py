@@ -33,12 +33,12 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-from torch import nn
-
 from _results import RESULTS, machine, update_section
+from torch import nn
 from transfer import LABELS, ensembles
-from advshield.cli.eval import load_named
+
 from advshield.attacks.bypass import bypass_attack
+from advshield.cli.eval import load_named
 from advshield.data import load_dataset
 from advshield.data.tensors import TensorDataset
 from advshield.defenses.base import Identity, build_defense

@@ -20,9 +20,9 @@ import time
 from pathlib import Path
 
 import torch
+from _results import RESULTS, machine, update_section
 from torch import nn
 
-from _results import RESULTS, machine, update_section
 from advshield import load_model, load_purifier
 from advshield.data import load_dataset
 from advshield.data.tensors import TensorDataset

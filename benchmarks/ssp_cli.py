@@ -13,8 +13,8 @@ import time
 from pathlib import Path
 
 import torch
-
 from _results import machine, update_section
+
 from advshield.data.folder import image_folder
 from advshield.models import load_model
 from advshield.report.tables import markdown_table

@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
 from _results import RESULTS, machine, update_section
+
 from advshield.attacks import Ensemble
 from advshield.cli.eval import load_named
 from advshield.data import load_dataset

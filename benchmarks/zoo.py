@@ -13,8 +13,8 @@ import time
 from pathlib import Path
 
 import torch
-
 from _results import machine, update_section
+
 from advshield.data import load_dataset
 from advshield.models import load_model
 from advshield.models.zoo import zoo_cards

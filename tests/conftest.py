@@ -9,8 +9,8 @@ import torch
 
 from advshield.data.idx import write_idx
 from advshield.data.mnist import FASHION_MNIST, resolve_files
-from advshield.models import LeNet, ResNet, VGGNet, save_checkpoint
 from advshield.errors import DataError
+from advshield.models import LeNet, ResNet, VGGNet, save_checkpoint
 
 TINY = {
     "tiny-lenet": (LeNet, "lenet", {"channels": [4, 8], "hidden": [16, 16]}),

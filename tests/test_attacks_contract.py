@@ -9,12 +9,23 @@ from collections import OrderedDict
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import synthetic_images
 from torch import nn
 
-from advshield.attacks import (DIFGSM, MIFGSM, PGD, PGDL2, RFGSM, SSP, TIFGSM, Attack, Ensemble, input_diversity,
-                               ti_kernel)
+from advshield.attacks import (
+    DIFGSM,
+    MIFGSM,
+    PGD,
+    PGDL2,
+    RFGSM,
+    SSP,
+    TIFGSM,
+    Attack,
+    Ensemble,
+    input_diversity,
+    ti_kernel,
+)
 from advshield.registry import ATTACKS
-from conftest import synthetic_images
 
 EPS, EPS_L2 = 0.1, 1.0
 DETERMINISTIC = {"fgsm", "bim", "mifgsm"}

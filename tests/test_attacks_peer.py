@@ -11,8 +11,7 @@ from torch import nn
 
 torchattacks = pytest.importorskip("torchattacks")
 
-from advshield.attacks import (BIM, DIFGSM, FGSM, MIDIFGSM, MIDITIFGSM, MIFGSM, PGD, PGDL2, RFGSM,  # noqa: E402
-                               TIFGSM, ti_kernel)
+from advshield.attacks import BIM, DIFGSM, FGSM, MIDIFGSM, MIDITIFGSM, MIFGSM, PGD, PGDL2, RFGSM, TIFGSM, ti_kernel  # noqa: E402
 
 ATOL, MIN_AGREE = 1e-4, 0.998
 

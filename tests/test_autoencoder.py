@@ -3,6 +3,7 @@ import json
 
 import pytest
 import torch
+from conftest import needs_fmnist
 from safetensors.torch import load_file
 
 import advshield.train.autoencoder as ta
@@ -14,8 +15,6 @@ from advshield.defenses.purifier import load_purifier
 from advshield.errors import AdvshieldError
 from advshield.models import load_model
 from advshield.registry import PURIFIERS
-
-from conftest import needs_fmnist
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -16,6 +16,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 
 import bad_inputs  # noqa: E402
+
 from advshield.cli import common  # noqa: E402
 from advshield.cli.main import build_parser, main, one_line  # noqa: E402
 from advshield.utils import atomic_path, current_umask, to_json_text, write_json, write_text  # noqa: E402

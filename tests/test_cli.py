@@ -97,8 +97,8 @@ def test_zoo_list_json(capsys, tiny_zoo):
 
 def test_demo_writes_report(tiny_zoo, tmp_path, fake_fmnist, capsys):
     out = tmp_path / "demo"
-    assert main(["demo", "--out", str(out), "--n", "20", "--models", "tiny-lenet,tiny-vgg,tiny-resnet", "--batch-size", "8", "--attacks", "fgsm,pgd",
-                 "--data-root", str(fake_fmnist)]) == 0
+    assert main(["demo", "--out", str(out), "--n", "20", "--models", "tiny-lenet,tiny-vgg,tiny-resnet",
+                 "--batch-size", "8", "--attacks", "fgsm,pgd", "--data-root", str(fake_fmnist)]) == 0
     printed = capsys.readouterr().out
     assert "## Robust accuracy" in printed and "wrote" in printed
     report = json.loads((out / "report.json").read_text())

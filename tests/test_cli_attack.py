@@ -6,13 +6,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import pngs
 from PIL import Image
 
+from advshield.cli.main import main
 from advshield.data.imagetree import quantize_in_budget
 from advshield.data.labels import class_indices
-from advshield.cli.main import main
-
-from conftest import pngs
 
 
 @pytest.fixture

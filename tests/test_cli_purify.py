@@ -7,15 +7,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import pngs
 from PIL import Image
 
 from advshield.cli.main import main
-
-from conftest import pngs
 from advshield.defenses.nrp import NRP, DynamicPurifier, NRPResG
 from advshield.defenses.purifier import load_purifier
 from advshield.models import save_checkpoint
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -1,12 +1,11 @@
 """Every registered defense: [0,1] → [0,1], same shape, BPDA forward equals forward, gradients flow."""
 import pytest
 import torch
+from conftest import TINY
 
 from advshield.defenses import Defense, defend
 from advshield.errors import AdvshieldError
 from advshield.registry import DEFENSES
-
-from conftest import TINY
 
 
 def build(name, channels):

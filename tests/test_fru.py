@@ -92,8 +92,9 @@ def test_resnet_default_layers_skip_pointwise_shortcuts_and_bad_layer_errors():
 
 
 # -- training -------------------------------------------------------------------------------------------------
-import advshield.train.fru as tf  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
+
+import advshield.train.fru as tf  # noqa: E402
 
 
 def fru_cfg(root, **kw):
@@ -207,6 +208,7 @@ def test_eval_cli_with_universal_perturbations_and_fru_baseline(tmp_path, fake_f
     import json
 
     import numpy as np
+
     from advshield.models import save_checkpoint
 
     base = load_model("zoo:tiny-vgg")

@@ -1,15 +1,13 @@
-import gzip
 import hashlib
 
 import numpy as np
 import pytest
+from conftest import synthetic_images
 
-from advshield.data import load_dataset
 import advshield.data.mnist as mn
+from advshield.data import load_dataset
 from advshield.data.idx import parse_idx, read_idx, write_idx
 from advshield.errors import DataError
-
-from conftest import synthetic_images
 
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.int8, np.int16, np.int32, np.float32, np.float64])

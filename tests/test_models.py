@@ -2,14 +2,13 @@ import json
 
 import pytest
 import torch
+from conftest import TINY
 
 import advshield
 from advshield.errors import ModelError
 from advshield.models import VGG16Features, load_checkpoint, load_model, save_checkpoint, vgg16_features
 from advshield.models.vgg16 import VGG16_LAYERS
 from advshield.registry import MODELS
-
-from conftest import TINY
 
 
 @pytest.mark.parametrize("name", MODELS.names())

@@ -1,6 +1,7 @@
 """NRP purifier architectures, the Purifier / DynamicPurifier defenses, loading and ``defend``."""
 import pytest
 import torch
+from conftest import TINY
 from torch import nn
 
 import advshield
@@ -9,8 +10,6 @@ from advshield.defenses.purifier import defend, load_purifier
 from advshield.errors import AdvshieldError, ModelError
 from advshield.models import save_checkpoint
 from advshield.registry import PURIFIERS
-
-from conftest import TINY
 
 
 def tiny_nrp(c=1):

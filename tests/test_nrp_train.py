@@ -3,6 +3,7 @@ import json
 
 import pytest
 import torch
+from conftest import needs_fmnist
 from safetensors.torch import load_file
 
 import advshield.train.purifier as tp
@@ -12,9 +13,6 @@ from advshield.defenses.nrp import NRP_CONFIGS, Purifier
 from advshield.defenses.purifier import load_purifier
 from advshield.errors import AdvshieldError
 from advshield.models import load_model
-
-from conftest import needs_fmnist
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

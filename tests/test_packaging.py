@@ -26,7 +26,8 @@ TIMEOUT = 300
 
 def _run(cmd: list[str], cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     p = subprocess.run(cmd, check=False, cwd=cwd, env=env, capture_output=True, text=True, timeout=TIMEOUT)
-    assert p.returncode == 0, f"{' '.join(map(str, cmd))} exited {p.returncode}:\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}"
+    assert p.returncode == 0, (f"{' '.join(map(str, cmd))} exited {p.returncode}:\n"
+                               f"{p.stdout[-3000:]}\n{p.stderr[-3000:]}")
     return p
 
 

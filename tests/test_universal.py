@@ -7,15 +7,24 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import needs_fmnist
 
-from advshield.attacks.universal import (FitSet, UniversalAttack, apply_perturbation, fooling_rate, load_perturbation,
-                                         perturbation_png, project, random_perturbation, save_perturbation)
+from advshield.attacks.universal import (
+    FitSet,
+    UniversalAttack,
+    apply_perturbation,
+    fooling_rate,
+    load_perturbation,
+    perturbation_png,
+    project,
+    random_perturbation,
+    save_perturbation,
+)
 from advshield.cli.main import main
 from advshield.data.tensors import TensorDataset
 from advshield.errors import DataError
 from advshield.models import VGGNet
 from advshield.registry import UNIVERSAL
-from conftest import needs_fmnist
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

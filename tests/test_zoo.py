@@ -3,14 +3,13 @@ import json
 
 import pytest
 import torch
+from conftest import needs_fmnist
 
 from advshield.cli.main import main
 from advshield.data import load_dataset
 from advshield.models import load_model
 from advshield.models.zoo import zoo_cards
 from advshield.utils import sha256_file
-
-from conftest import needs_fmnist
 
 TARGETS = {"fmnist-vgg": 0.92, "fmnist-resnet": 0.92, "fmnist-lenet": 0.90}
 

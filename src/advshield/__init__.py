@@ -13,5 +13,5 @@ from .errors import AdvshieldError, DataError, ModelError
 from .models import load_model
 from .registry import ATTACKS, DEFENSES, MODELS, PURIFIERS, UNIVERSAL
 
-__all__ = ["ATTACKS", "DEFENSES", "MODELS", "PURIFIERS", "UNIVERSAL", "AdvshieldError", "DataError", "ModelError", "__version__",
-           "defend", "load_model", "load_purifier"]
+__all__ = ["ATTACKS", "DEFENSES", "MODELS", "PURIFIERS", "UNIVERSAL", "AdvshieldError", "DataError", "ModelError",
+           "__version__", "defend", "load_model", "load_purifier"]

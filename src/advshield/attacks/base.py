@@ -77,6 +77,7 @@ class Attack:
 
     name = "attack"
     norm = "linf"  # the norm of the budget this attack is given by for_budget()
+    transfer = True  # part of the default transfer grid (eval/demo); strong white-box attacks set False
 
     def __init__(self, model: nn.Module, threat: ThreatModel, seed: int | None = None) -> None:
         self.model = check_model(model)
@@ -266,3 +267,10 @@ class GradientAttack(Attack):
     def for_budget(cls, model: nn.Module, eps: float, **kw) -> "GradientAttack":
         """Paper defaults at budget ``eps``: 10 steps of eps/10 (NRP supplement F)."""
         return cls(model, eps=eps, **{"alpha": eps / 10, "steps": 10, **kw})
+
+
+def grid_attacks() -> list[str]:
+    """Names of the registered attacks of the default transfer grid (``transfer = True``), sorted."""
+    from ..registry import ATTACKS
+
+    return [n for n in ATTACKS.names() if getattr(ATTACKS.get(n), "transfer", True)]

@@ -18,9 +18,26 @@ import torch
 from torch import nn
 
 from ..errors import AdvshieldError
-from .common import (add_runtime_flags, apply_runtime, batch_int, csv_list, finite_float, norm_budget_pixels,
-                     pixels, positive_float, positive_int, size_int, step_pixels, unit_float)
-from .common import add_label_flags, add_model_flags, add_size_flag, check_norm_flags, open_model, size_arg
+from .common import (
+    add_label_flags,
+    add_model_flags,
+    add_runtime_flags,
+    add_size_flag,
+    apply_runtime,
+    batch_int,
+    check_norm_flags,
+    csv_list,
+    finite_float,
+    norm_budget_pixels,
+    open_model,
+    pixels,
+    positive_float,
+    positive_int,
+    size_arg,
+    size_int,
+    step_pixels,
+    unit_float,
+)
 
 # --attack flags → constructor keywords (given only when the flag is on the command line)
 ATTACK_FLAGS = {"alpha": "--alpha", "steps": "--steps", "decay": "--decay", "diversity_prob": "--diversity-prob",

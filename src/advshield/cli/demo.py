@@ -6,6 +6,7 @@ import argparse
 import sys
 import time
 
+from ..attacks.base import grid_attacks
 from ..data import load_dataset
 from ..errors import AdvshieldError
 from ..models import load_model
@@ -36,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
 
     t0 = time.time()
     apply_runtime(args)
-    attacks = args.attacks or ATTACKS.names()
+    attacks = args.attacks or grid_attacks()
     check_names("attack", attacks, ATTACKS.names())
     defenses, left = pick_defenses(args.defenses, 1, args.adapt_channels, args.seed)  # Fashion-MNIST: 1 channel
     for spec, reason in left.items():

@@ -2,23 +2,39 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
-
 import sys
+from pathlib import Path
 from typing import Any
 
+from ..attacks.base import grid_attacks
 from ..data import load_dataset
 from ..errors import AdvshieldError
 from ..registry import ATTACKS, DEFENSES
 from ..utils import pick_device
-from .common import (add_label_flags, add_model_flags, add_runtime_flags, add_size_flag, apply_runtime, batch_int,
-                     budget_pixels, check_names, check_norm_flags, command_line, csv_list, norm_budget_pixels,
-                     open_model, pixels, positive_int, size_arg)
+from .common import (
+    add_label_flags,
+    add_model_flags,
+    add_runtime_flags,
+    add_size_flag,
+    apply_runtime,
+    batch_int,
+    budget_pixels,
+    check_names,
+    check_norm_flags,
+    command_line,
+    csv_list,
+    norm_budget_pixels,
+    open_model,
+    pixels,
+    positive_int,
+    size_arg,
+)
 
 
 def add_grid_flags(p: argparse.ArgumentParser, n_default: int | None) -> None:
     p.add_argument("--attacks", type=csv_list, default=None,
-                   help=f"comma-separated attacks (default: all registered: {', '.join(ATTACKS.names())})")
+                   help="comma-separated attacks (default: the transfer attacks: "
+                   f"{', '.join(grid_attacks())}; `advshield list attacks` shows all)")
     p.add_argument("--defenses", type=csv_list, default=None,
                    help="comma-separated defense specs: registered names with settings and stacks (jpeg:quality=50, "
                    "median+jpeg) or trained purifiers (zoo:NAME, FILE.safetensors); default: every registered "
@@ -169,7 +185,7 @@ def run(args: argparse.Namespace) -> int:
     apply_runtime(args)
     device = pick_device(args.device)
     perturbations = load_perturbations(args.perturbations) if args.perturbations else None
-    attacks = args.attacks if args.attacks is not None else ([] if perturbations else ATTACKS.names())
+    attacks = args.attacks if args.attacks is not None else ([] if perturbations else grid_attacks())
     check_names("attack", attacks, ATTACKS.names())
     check_norm_flags(args.models + (args.sources or []), args)
     data = load_data(args)

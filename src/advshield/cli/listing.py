@@ -1,4 +1,5 @@
-"""``advshield list [attacks|universal|defenses|purifiers|models] [--markdown]``: everything registered, with one line each."""
+"""``advshield list [attacks|universal|defenses|purifiers|models] [--markdown]``: everything registered, \
+with one line each."""
 from __future__ import annotations
 
 import argparse
@@ -11,7 +12,8 @@ REGISTRIES: dict[str, Registry] = {"attacks": ATTACKS, "universal": UNIVERSAL, "
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("list", help="list the registered attacks, universal attacks, defenses, purifier and model architectures")
+    p = sub.add_parser("list", help="list the registered attacks, universal attacks, defenses, purifier and "
+                                    "model architectures")
     p.add_argument("what", nargs="?", choices=sorted(REGISTRIES), help="only this registry")
     p.add_argument("--markdown", action="store_true", help="print Markdown tables (docs/COMPONENTS.md)")
     p.set_defaults(run=run)
@@ -26,7 +28,8 @@ def render(what: list[str], markdown: bool) -> str:
         reg = REGISTRIES[name]
         rows = [[f"`{n}`", reg.help(n)] for n in reg.names()]
         if markdown:
-            out += [f"## {name.capitalize()} ({len(rows)})", "", markdown_table(["name", "what it is"], rows, numeric=False), ""]
+            out += [f"## {name.capitalize()} ({len(rows)})", "",
+                    markdown_table(["name", "what it is"], rows, numeric=False), ""]
         else:
             out += [f"{name}:"] + [f"  {n:<18} {reg.help(n)}" for n in reg.names()] + [""]
     return "\n".join(out).rstrip() + "\n"

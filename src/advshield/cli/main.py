@@ -42,8 +42,9 @@ class Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import attack, data, demo, eval as eval_cmd, listing, purify, train, universal, zoo  # noqa: F401  (each adds its sub-commands)
     from .. import __version__
+    from . import attack, data, demo, listing, purify, train, universal, zoo  # noqa: F401  (each adds its sub-commands)
+    from . import eval as eval_cmd
 
     parser = Parser(prog="advshield", description="Transferable adversarial attacks, purifier "
                     "defenses and honest robustness evaluation. Images are in [0,1]; on the "

@@ -18,9 +18,23 @@ import torch
 from torch import nn
 
 from ..errors import AdvshieldError, ModelError
-from .common import (add_label_flags, add_model_flags, add_runtime_flags, add_size_flag, apply_runtime, batch_int,
-                     budget_pixels, check_norm_flags, command_line, open_model, pixels, positive_int, size_arg,
-                     step_pixels, unit_float)
+from .common import (
+    add_label_flags,
+    add_model_flags,
+    add_runtime_flags,
+    add_size_flag,
+    apply_runtime,
+    batch_int,
+    budget_pixels,
+    check_norm_flags,
+    command_line,
+    open_model,
+    pixels,
+    positive_int,
+    size_arg,
+    step_pixels,
+    unit_float,
+)
 
 PURIFIER_HELP = ("defense: a trained purifier (zoo:NAME, FILE.safetensors with its card) or a registered transform, "
                  "with settings and stacks (jpeg:quality=50, median+jpeg; advshield list defenses)")
@@ -183,8 +197,7 @@ def run_bypass(args: argparse.Namespace) -> int:
     from ..data.labels import check_num_classes, resolve_labels
     from ..defenses import defend
     from ..eval.bypass import bypass_rates, bypass_tree
-    from ..eval.preflight import (accuracy_lines, check_tree_domain, clean_accuracy, folder_batches,
-                                  probe_tree)
+    from ..eval.preflight import accuracy_lines, check_tree_domain, clean_accuracy, folder_batches, probe_tree
     from ..models.domain import adapt_channels
     from ..utils import pick_device, write_json
 

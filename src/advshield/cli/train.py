@@ -9,8 +9,8 @@ from ..errors import AdvshieldError
 from ..models.recipes import CLASSIFIER_RECIPES
 from ..registry import MODELS
 from .common import add_runtime_flags, apply_runtime, batch_int, command_line, plain_name, positive_float, positive_int
-from .train_fru import add_fru_parser
 from .train_autoencoder import add_autoencoder_parser
+from .train_fru import add_fru_parser
 from .train_purifier import add_purifier_parser
 
 

@@ -5,9 +5,22 @@ import argparse
 from pathlib import Path
 
 from ..errors import AdvshieldError
-from .common import (add_runtime_flags, apply_runtime, batch_int, budget_pixels, command_line, csv_list,
-                     finite_float, min_budget_pixels, non_negative_float, non_negative_int, plain_name,
-                     positive_float, positive_int, size_int)
+from .common import (
+    add_runtime_flags,
+    apply_runtime,
+    batch_int,
+    budget_pixels,
+    command_line,
+    csv_list,
+    finite_float,
+    min_budget_pixels,
+    non_negative_float,
+    non_negative_int,
+    plain_name,
+    positive_float,
+    positive_int,
+    size_int,
+)
 
 
 def add_autoencoder_parser(tsub: argparse._SubParsersAction) -> None:

@@ -5,9 +5,21 @@ import argparse
 from pathlib import Path
 
 from ..errors import AdvshieldError
-from .common import (add_runtime_flags, apply_runtime, batch_int, command_line, csv_list, finite_float,
-                     non_negative_int, norm_budget_pixels, pixels, plain_name, positive_float, positive_int,
-                     size_int)
+from .common import (
+    add_runtime_flags,
+    apply_runtime,
+    batch_int,
+    command_line,
+    csv_list,
+    finite_float,
+    non_negative_int,
+    norm_budget_pixels,
+    pixels,
+    plain_name,
+    positive_float,
+    positive_int,
+    size_int,
+)
 
 
 def add_fru_parser(tsub: argparse._SubParsersAction) -> None:

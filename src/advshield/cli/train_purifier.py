@@ -5,9 +5,23 @@ import argparse
 from pathlib import Path
 
 from ..errors import AdvshieldError
-from .common import (add_runtime_flags, apply_runtime, batch_int, budget_pixels, command_line, min_budget_pixels,
-                     non_negative_float, non_negative_int, plain_name, positive_float, positive_int, size_int,
-                     step_pixels, unit_float, worker_count)
+from .common import (
+    add_runtime_flags,
+    apply_runtime,
+    batch_int,
+    budget_pixels,
+    command_line,
+    min_budget_pixels,
+    non_negative_float,
+    non_negative_int,
+    plain_name,
+    positive_float,
+    positive_int,
+    size_int,
+    step_pixels,
+    unit_float,
+    worker_count,
+)
 
 
 def add_purifier_parser(tsub: argparse._SubParsersAction) -> None:

@@ -13,8 +13,19 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import AdvshieldError
-from .common import (add_model_flags, add_runtime_flags, add_size_flag, apply_runtime, batch_int, check_norm_flags,
-                     command_line, finite_pixels, open_model, positive_int, size_arg)
+from .common import (
+    add_model_flags,
+    add_runtime_flags,
+    add_size_flag,
+    apply_runtime,
+    batch_int,
+    check_norm_flags,
+    command_line,
+    finite_pixels,
+    open_model,
+    positive_int,
+    size_arg,
+)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

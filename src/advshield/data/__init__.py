@@ -10,7 +10,8 @@ from .cifar import cifar10
 from .mnist import fashion_mnist, load_mnist
 from .tensors import TensorDataset, to_float
 
-DATASETS: dict[str, Callable[..., TensorDataset]] = {"cifar10": cifar10, "fashion-mnist": fashion_mnist, "mnist": load_mnist}
+DATASETS: dict[str, Callable[..., TensorDataset]] = {"cifar10": cifar10, "fashion-mnist": fashion_mnist,
+                                                     "mnist": load_mnist}
 
 
 def _photos(split: str = "test", root: str | os.PathLike | None = None) -> TensorDataset:
@@ -41,4 +42,5 @@ def load_dataset(name: str, split: str = "test", root: str | os.PathLike | None 
     raise DataError(f"unknown dataset {name!r}: not one of {', '.join(sorted(DATASETS))} and not a directory")
 
 
-__all__ = ["DATASETS", "TensorDataset", "fashion_mnist", "load_dataset", "load_mnist", "cifar10", "register_dataset", "to_float"]
+__all__ = ["DATASETS", "TensorDataset", "fashion_mnist", "load_dataset", "load_mnist", "cifar10", "register_dataset",
+           "to_float"]

@@ -137,7 +137,8 @@ def load_idx_dataset(source: IdxSource, split: str = "test", root: str | os.Path
                          name=f"{source.name}-{split}")
 
 
-def fashion_mnist(split: str = "test", root: str | os.PathLike | None = None, download_ok: bool = True) -> TensorDataset:
+def fashion_mnist(split: str = "test", root: str | os.PathLike | None = None,
+                  download_ok: bool = True) -> TensorDataset:
     """Fashion-MNIST split (60k train / 10k test), uint8 N×1×28×28."""
     return load_idx_dataset(FASHION_MNIST, split, root, download_ok)
 

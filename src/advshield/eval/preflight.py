@@ -13,9 +13,9 @@ import torch
 from torch import nn
 
 from ..data.folder import ImageFolder, group_by_size
-from ..data.tensors import TensorDataset
 from ..data.imagetree import load_batch
 from ..data.labels import label_warning
+from ..data.tensors import TensorDataset
 from ..errors import AdvshieldError
 from ..models.domain import check_domain, input_domain
 

@@ -280,9 +280,10 @@ def train_fru(cfg: FRUConfig, out_dir: str | Path, work_dir: str | Path | None =
             "pool_perturbed_accuracy": round(sum(pert) / len(pert), 4),
             "pool_perturbed_accuracy_base": round(sum(pert_base) / len(pert_base), 4),
             "pool_restoration_accuracy": round((clean_acc + sum(pert) / len(pert)) / (2 * base_acc), 4),
-            "eval_images": len(test), "eval_set": f"clean_accuracy, base_clean_accuracy: {cfg.data} test (all {len(full)}); "
-                                                     f"*_first_{len(test)} and pool_*: test[:{len(test)}] "
-                                                     "(training pool perturbations)"})
+            "eval_images": len(test),
+            "eval_set": f"clean_accuracy, base_clean_accuracy: {cfg.data} test (all {len(full)}); "
+                        f"*_first_{len(test)} and pool_*: test[:{len(test)}] "
+                        "(training pool perturbations)"})
         log(f"{cfg.name}: clean {base_acc:.4f} → {clean_acc:.4f}; training-pool perturbations "
             f"{metrics['pool_perturbed_accuracy_base']:.4f} → {metrics['pool_perturbed_accuracy']:.4f}")
     out = {

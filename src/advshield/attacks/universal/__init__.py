@@ -2,8 +2,16 @@
 
 Importing this package registers UAP, sPGD, FFF and GAP in :data:`advshield.registry.UNIVERSAL`.
 ``delta = UAP(model, eps=10/255).fit(images)``; ``x_adv = apply_perturbation(x, delta)``."""
-from .base import (FitSet, UniversalAttack, apply_perturbation, ascent_step, fooling_rate, predict, project,
-                   random_perturbation)
+from .base import (
+    FitSet,
+    UniversalAttack,
+    apply_perturbation,
+    ascent_step,
+    fooling_rate,
+    predict,
+    project,
+    random_perturbation,
+)
 from .fff import FFF
 from .gap import GAP, PerturbationGenerator
 from .io import load_perturbation, perturbation_png, save_perturbation

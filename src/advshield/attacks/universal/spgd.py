@@ -8,8 +8,16 @@ from torch import nn
 
 from ...checks import check_number
 from ...registry import UNIVERSAL
-from .base import (FitSet, UniversalAttack, add_perturbation, ascent_step, clipped_cross_entropy, decayed_step,
-                   loss_gradient, project)
+from .base import (
+    FitSet,
+    UniversalAttack,
+    add_perturbation,
+    ascent_step,
+    clipped_cross_entropy,
+    decayed_step,
+    loss_gradient,
+    project,
+)
 
 
 @UNIVERSAL.register("spgd", "stochastic PGD: ascend clipped cross-entropy over mini-batches, project (Mummadi 2019)")
