@@ -29,8 +29,13 @@ from advshield.registry import ATTACKS
 
 EPS, EPS_L2 = 0.1, 1.0
 DETERMINISTIC = {"fgsm", "bim", "mifgsm"}
-RANDOM = {"pgd", "pgdl2", "rfgsm", "difgsm", "tifgsm", "mi-di", "mi-di-ti", "ssp"}
+RANDOM = {"pgd", "pgdl2", "rfgsm", "difgsm", "tifgsm", "mi-di", "mi-di-ti", "ssp", "apgd", "apgdt", "apgd-l2",
+          "apgdt-l2"}
 LABEL_FREE = {"ssp"}
+UNTARGETED_ONLY = {"autoattack"}  # an ensemble measuring robust accuracy: no target modes
+RANDOM |= {"square", "square-l2", "cw-linf"}
+DETERMINISTIC |= {"cw", "deepfool"}
+FEWER_QUERIES = {"square": 1000, "square-l2": 1000}  # score-based: a smaller query budget keeps the contract fast
 NAMES = ATTACKS.names()
 
 
@@ -102,6 +107,8 @@ def setup(request, trained, rgb):
 def make(name: str, model: nn.Module, **kw) -> Attack:
     """The registered attack at its paper defaults for the test budget (L∞ 0.1, L2 1.0)."""
     cls = ATTACKS.get(name)
+    if name in FEWER_QUERIES:
+        kw = {"n_queries": FEWER_QUERIES[name], **kw}
     return cls.for_budget(model, EPS_L2 if getattr(cls, "norm", "linf") == "l2" else EPS, **kw)
 
 
@@ -215,7 +222,7 @@ def test_accuracy_drops(name, trained):
 # -- targeted modes ------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", sorted(set(NAMES) - LABEL_FREE))
+@pytest.mark.parametrize("name", sorted(set(NAMES) - LABEL_FREE - UNTARGETED_ONLY))
 def test_targeted_random_never_label(name, trained):
     model, x, _ = trained
     atk = make(name, model, seed=0).set_target_mode("random")
@@ -231,7 +238,7 @@ def test_targeted_random_never_label(name, trained):
         assert (seen[1] != model(x).argmax(1)).all()
 
 
-@pytest.mark.parametrize("name", sorted(set(NAMES) - LABEL_FREE))
+@pytest.mark.parametrize("name", sorted(set(NAMES) - LABEL_FREE - UNTARGETED_ONLY))
 def test_targeted_given_raises_target_probability(name, trained):
     model, x, y = trained
     target = (y + 1) % 10
@@ -242,6 +249,14 @@ def test_targeted_given_raises_target_probability(name, trained):
         p_clean = model(x).softmax(1).gather(1, target[:, None]).mean()
         p_adv = model(x_adv).softmax(1).gather(1, target[:, None]).mean()
     assert p_adv > p_clean + 0.05, f"{name}: target probability {float(p_clean):.3f} → {float(p_adv):.3f}"
+
+
+@pytest.mark.parametrize("name", sorted(UNTARGETED_ONLY))
+def test_untargeted_only_attacks_refuse_target_modes(name, trained):
+    model = trained[0]
+    for mode in ("random", "given", "least_likely"):
+        with pytest.raises(ValueError, match="untargeted"):
+            make(name, model, seed=0).set_target_mode(mode)
 
 
 def test_ssp_rejects_targeted_modes(trained):
