@@ -104,7 +104,18 @@ def test_demo_writes_report(tiny_zoo, tmp_path, fake_fmnist, capsys):
     report = json.loads((out / "report.json").read_text())
     from advshield.registry import DEFENSES
 
-    assert report["meta"]["n"] == 20 and len(report["rows"]) == 2 * 3 * len(DEFENSES) * 3
+    rows = report["rows"]
+    transfer = [r for r in rows if not r["source"].startswith("adaptive-")]
+    adaptive = [r for r in rows if r["source"].startswith("adaptive-")]
+    assert report["meta"]["n"] == 20 and len(transfer) == 2 * 3 * len(DEFENSES) * 3
+    skipped = report["meta"]["non_differentiable_defenses"]  # full-gradient cells skipped for them, with a note
+    assert {"jpeg", "bit-depth"} <= set(skipped)
+    assert {r["attack"] for r in adaptive} == {"pgd"}  # the demo's default --adaptive-attacks
+    assert len(adaptive) == 3 * ((len(DEFENSES) - 1) * 2 - len(skipped))
+    worst = {(w["defense"], w["target"]): w for w in report["worst_case"]}
+    jpeg = worst[("jpeg", "tiny-vgg")]
+    assert jpeg["threat_model"] == "adaptive (bpda)" and jpeg["worst_case_accuracy"] == jpeg[
+        "adaptive_worst_case_accuracy"] <= jpeg["transfer_worst_case_accuracy"]
     assert (out / "report.md").read_text().startswith("# advshield demo")
     assert sorted(p.name for p in out.iterdir()) == ["flags.safetensors", "report.json", "report.md"]
 
@@ -119,8 +130,9 @@ def test_eval_on_image_folder_and_outputs(tiny_zoo, tmp_path, fake_fmnist, capsy
     assert main(["eval", "--models", "zoo:tiny-vgg,zoo:tiny-lenet", "--sources", "zoo:tiny-resnet", "--data",
                  str(tmp_path / "pngs"), "--attacks", "fgsm", "--out", str(tmp_path / "ev")]) == 0
     rows = json.loads((tmp_path / "ev" / "report.json").read_text())["rows"]
-    assert {(r["source"], r["target"], r["setting"]) for r in rows} == {
+    assert {(r["source"], r["target"], r["setting"]) for r in rows if r["setting"] == "transfer"} == {
         ("tiny-resnet", "tiny-vgg", "transfer"), ("tiny-resnet", "tiny-lenet", "transfer")}
+    assert {r["setting"] for r in rows} <= {"transfer", "adaptive-full", "adaptive-bpda"}
     assert sorted(p.read_bytes() for p in (tmp_path / "pngs").rglob("*.png")) == before
 
 

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..checks import check_eps, check_images, check_labels, check_number
+from ..checks import check_eps, check_images, check_labels, check_number, check_steps
 from ..errors import AdvshieldError
 from .threat import NORMS, ThreatModel
 
@@ -184,10 +184,13 @@ class GradientAttack(Attack):
     """Iterative sign-gradient (L∞) or normalised-gradient (L2) ascent on a loss, projected each step.
 
     eps: finite, > 0 (L∞: at most 1), alpha: finite, >= 0, both in [0,1] units; steps: an integer >= 1, or 0 with
-    ``random_start`` (the random start alone). ``random_start``: uniform in the L∞ ball / uniform in the L2 ball."""
+    ``random_start`` (the random start alone). ``random_start``: uniform in the L∞ ball / uniform in the L2 ball.
+    ``eot_iter`` (an integer >= 1; attribute ``eot``, which the evaluation engine raises for randomized defenses):
+    each step's gradient is averaged over that many forward passes of the (randomized) model and input transform."""
 
     def __init__(self, model: nn.Module, eps: float = 8 / 255, alpha: float = 2 / 255, steps: int = 10,
-                 random_start: bool = False, norm: str = "linf", seed: int | None = None) -> None:
+                 random_start: bool = False, norm: str = "linf", seed: int | None = None,
+                 eot_iter: int = 1) -> None:
         if norm not in NORMS:
             raise AdvshieldError(f"norm must be 'linf' or 'l2', not {norm!r}")
         eps = check_eps(eps, "eps", norm)
@@ -197,7 +200,20 @@ class GradientAttack(Attack):
             raise AdvshieldError("steps must be >= 1 (0 only with random_start: the random start alone), not 0")
         super().__init__(model, ThreatModel(norm=norm, eps=eps), seed)
         self.eps, self.alpha, self.steps, self.random_start = eps, alpha, steps, bool(random_start)
-        self.eot = 1  # gradients averaged over this many forward passes (EOT, for randomized defenses)
+        self.eot = check_steps(eot_iter, "eot_iter")  # gradients averaged over this many draws of the model
+
+    @property
+    def eot_iter(self) -> int:
+        """Alias of ``eot`` (torchattacks' name)."""
+        return self.eot
+
+    @eot_iter.setter
+    def eot_iter(self, value: int) -> None:
+        self.eot = check_steps(value, "eot_iter")
+
+    def settings(self) -> dict[str, Any]:
+        """As :meth:`Attack.settings`, without ``eot_iter`` (the repr shows ``eot=N`` when N > 1)."""
+        return {k: v for k, v in super().settings().items() if k != "eot_iter"}
 
     # hooks ---------------------------------------------------------------------------------------------
     def init(self, x: torch.Tensor) -> torch.Tensor:
@@ -241,16 +257,18 @@ class GradientAttack(Attack):
 
     # loop ----------------------------------------------------------------------------------------------
     def gradient(self, x_adv: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """∇ of the loss at ``x_adv``; with ``eot`` > 1 the sum over that many random draws of the model and
-        input transform (Expectation over Transformation, Athalye et al. 2018; the sign/norm step is scale-free)."""
+        """∇ of the loss at ``x_adv`` (same shape); with ``eot`` > 1 the mean over that many random draws of the
+        model and input transform, one forward and one backward pass each (Expectation over Transformation,
+        Athalye et al. 2018)."""
+        draws = max(1, int(self.eot))
         with torch.enable_grad():  # also inside a caller's torch.no_grad()
             x_adv = x_adv.detach().requires_grad_(True)
             grad = None
-            for _ in range(max(1, self.eot)):
+            for _ in range(draws):
                 loss = self.loss(self.outputs(self.input_transform(x_adv)), y)
                 (g,) = torch.autograd.grad(loss, x_adv)
                 grad = g if grad is None else grad + g
-        return grad
+        return grad if draws == 1 else grad / draws
 
     def perturb(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         self.reset()
@@ -265,7 +283,8 @@ class GradientAttack(Attack):
 
     @classmethod
     def for_budget(cls, model: nn.Module, eps: float, **kw) -> "GradientAttack":
-        """Paper defaults at budget ``eps``: 10 steps of eps/10 (NRP supplement F)."""
+        """Paper defaults at budget ``eps``: 10 steps of eps/10 (NRP supplement F); ``kw`` (``eot_iter``...)
+        goes to the constructor."""
         return cls(model, eps=eps, **{"alpha": eps / 10, "steps": 10, **kw})
 
 

@@ -5,19 +5,21 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..checks import check_steps
 from .pgd import PGD
 
 
 class BypassPGD(PGD):
     """The bypass attack: :class:`~advshield.attacks.pgd.PGD` without random start, in ``"random"`` target mode
     (a uniformly random class ≠ the label), keeping the targets of each call in :attr:`targets` (one N-tensor per
-    call, on the CPU) so the targeted success rate can be measured. eps, alpha in [0,1] units."""
+    call, on the CPU) so the targeted success rate can be measured. eps, alpha in [0,1] units; ``eot_iter``: each
+    step's gradient averaged over that many forward passes (for a randomized defense)."""
 
     name = "bypass-pgd"
 
     def __init__(self, model: nn.Module, eps: float = 16 / 255, alpha: float = 2 / 255, steps: int = 10,
-                 seed: int | None = None) -> None:
-        super().__init__(model, eps=eps, alpha=alpha, steps=steps, random_start=False, seed=seed)
+                 seed: int | None = None, eot_iter: int = 1) -> None:
+        super().__init__(model, eps=eps, alpha=alpha, steps=steps, random_start=False, seed=seed, eot_iter=eot_iter)
         self.set_target_mode("random")
         self.targets: list[torch.Tensor] = []
 
@@ -30,8 +32,7 @@ def bypass_attack(defended: nn.Module, eps: float = 16 / 255, alpha: float = 2 /
                   eot: int = 1) -> BypassPGD:
     """:class:`BypassPGD` on ``defended`` (a classifier with its defense in front, [0,1] images → logits); ``eot``
     gradient samples per step when its defense is randomized (``defended.defense.randomized``), else 1.
-    eps, alpha in [0,1] units."""
-    atk = BypassPGD(defended, eps=eps, alpha=alpha, steps=steps)
-    if getattr(getattr(defended, "defense", None), "randomized", False):
-        atk.eot = eot
-    return atk
+    eps, alpha in [0,1] units; ``eot``: an integer >= 1."""
+    eot = check_steps(eot, "eot")
+    randomized = getattr(getattr(defended, "defense", None), "randomized", False)
+    return BypassPGD(defended, eps=eps, alpha=alpha, steps=steps, eot_iter=eot if randomized else 1)

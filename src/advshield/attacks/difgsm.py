@@ -52,19 +52,22 @@ def input_diversity(x: torch.Tensor, resize_rate: float = 0.9, diversity_prob: f
 @ATTACKS.register("difgsm", "iterative FGSM through random resize+pad of the input (input diversity, Xie 2019)")
 class DIFGSM(MIFGSM):
     """``DIFGSM(model, eps=8/255, alpha=2/255, steps=10, decay=0.0, resize_rate=0.9, diversity_prob=0.5,
-    random_start=False)``; images N×C×H×W in [0,1], eps/alpha in [0,1] units; ``resize_rate`` > 0 (< 1 shrinks,
-    > 1 enlarges), ``diversity_prob`` in [0,1].
+    random_start=False, eot_iter=1)``; images N×C×H×W in [0,1], eps/alpha in [0,1] units; ``resize_rate`` > 0
+    (< 1 shrinks, > 1 enlarges), ``diversity_prob`` in [0,1].
 
     Each step's gradient is taken through :func:`input_diversity`; momentum as MI-FGSM when ``decay`` > 0;
     ``random_start``: uniform in the L∞ ball. ``resize_mode`` is the interpolation (torchattacks 3.5 uses
-    bilinear; older releases nearest). With ``resize_rate > 1`` the model must accept the larger size."""
+    bilinear; older releases nearest). With ``resize_rate > 1`` the model must accept the larger size.
+    ``eot_iter``: each step's gradient averaged over that many draws (a fresh input diversity and model draw each)."""
 
     name = "difgsm"
 
     def __init__(self, model: nn.Module, eps: float = 8 / 255, alpha: float = 2 / 255, steps: int = 10,
                  decay: float = 0.0, resize_rate: float = 0.9, diversity_prob: float = 0.5,
-                 random_start: bool = False, seed: int | None = None, resize_mode: str = "bilinear") -> None:
-        super().__init__(model, eps=eps, alpha=alpha, steps=steps, decay=decay, seed=seed, random_start=random_start)
+                 random_start: bool = False, seed: int | None = None, resize_mode: str = "bilinear",
+                 eot_iter: int = 1) -> None:
+        super().__init__(model, eps=eps, alpha=alpha, steps=steps, decay=decay, seed=seed, random_start=random_start,
+                         eot_iter=eot_iter)
         self.resize_rate = check_number(resize_rate, "resize_rate", low=0.0, low_open=True)
         self.diversity_prob = check_number(diversity_prob, "diversity_prob", low=0.0, high=1.0)
         if resize_mode not in RESIZE_MODES:

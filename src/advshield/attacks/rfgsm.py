@@ -11,16 +11,19 @@ from .base import GradientAttack
 
 @ATTACKS.register("rfgsm", "random signed step of alpha, then `steps` signed-gradient steps of eps−alpha (Tramèr 2018)")
 class RFGSM(GradientAttack):
-    """``RFGSM(model, eps=8/255, alpha=2/255, steps=10)``; images N×C×H×W in [0,1], eps/alpha in [0,1] units.
+    """``RFGSM(model, eps=8/255, alpha=2/255, steps=10, eot_iter=1)``; images N×C×H×W in [0,1], eps/alpha in [0,1]
+    units.
 
     Start: x + alpha·sign(N(0,1)) clipped to [0,1]; each step adds (eps − alpha)·sign(∇x CE) and projects onto
-    the eps-ball. With ``steps=1`` this is the original R+FGSM. (torchattacks 3.5 steps by ``alpha`` instead.)"""
+    the eps-ball. With ``steps=1`` this is the original R+FGSM. (torchattacks 3.5 steps by ``alpha`` instead.)
+    ``eot_iter``: each step's gradient averaged over that many forward passes of a randomized model."""
 
     name = "rfgsm"
 
     def __init__(self, model: nn.Module, eps: float = 8 / 255, alpha: float = 2 / 255, steps: int = 10,
-                 seed: int | None = None) -> None:
-        super().__init__(model, eps=eps, alpha=alpha, steps=steps, random_start=True, norm="linf", seed=seed)
+                 seed: int | None = None, eot_iter: int = 1) -> None:
+        super().__init__(model, eps=eps, alpha=alpha, steps=steps, random_start=True, norm="linf", seed=seed,
+                         eot_iter=eot_iter)
         if self.alpha > self.eps:
             raise AdvshieldError(f"alpha must be <= eps ({self.eps:.4g}) for RFGSM, not {alpha!r}")
 

@@ -25,7 +25,8 @@ class _Captured(Exception):
 
 @ATTACKS.register("ssp", "label-free feature-space attack: maximise the feature distance to the clean image (NRP)")
 class SSP(GradientAttack):
-    """``SSP(feature_model, eps=16/255, alpha=0.01, steps=100, distance="mse", random_start=True, layer=None)``.
+    """``SSP(feature_model, eps=16/255, alpha=0.01, steps=100, distance="mse", random_start=True, layer=None,
+    eot_iter=1)``.
 
     Images N×C×H×W in [0,1]; eps/alpha in [0,1] units (L∞). ``feature_model`` returns a feature map, or is
     a classifier whose module ``layer`` (a ``named_modules`` name; default the model's ``default_feature_layer``
@@ -33,15 +34,16 @@ class SSP(GradientAttack):
     the rest of the forward pass is skipped. ``distance``: per-sample mean squared ("mse") or absolute ("mae")
     difference, or 1 − cosine similarity of the flattened maps. Random start x + eps·sign(N(0,1)), clipped to
     [0,1] (the reference's projected N(0,1) start); then sign-gradient ascent steps of ``alpha``, projected.
-    Labels are ignored (``atk(x)`` never classifies ``x``); targeted modes do not apply."""
+    Labels are ignored (``atk(x)`` never classifies ``x``); targeted modes do not apply. ``eot_iter``: each step's
+    gradient averaged over that many forward passes of a randomized feature model (the clean features: one pass)."""
 
     name = "ssp"
 
     def __init__(self, feature_model: nn.Module, eps: float = 16 / 255, alpha: float = 0.01, steps: int = 100,
                  distance: str = "mse", random_start: bool = True, layer: str | None = None,
-                 seed: int | None = None) -> None:
+                 seed: int | None = None, eot_iter: int = 1) -> None:
         super().__init__(feature_model, eps=eps, alpha=alpha, steps=steps, random_start=random_start,
-                         norm="linf", seed=seed)
+                         norm="linf", seed=seed, eot_iter=eot_iter)
         if distance not in DISTANCES:
             raise ValueError(f"unknown SSP distance {distance!r} (known: {', '.join(DISTANCES)})")
         self.distance = distance

@@ -40,21 +40,22 @@ def ti_kernel(name: str = "gaussian", length: int = 15, nsig: float = 3) -> torc
 @ATTACKS.register("tifgsm", "translation-invariant FGSM: kernel-smoothed gradients, with input diversity (Dong 2019)")
 class TIFGSM(DIFGSM):
     """``TIFGSM(model, eps=8/255, alpha=2/255, steps=10, decay=0.0, kernel_name="gaussian", len_kernel=15,
-    nsig=3, resize_rate=0.9, diversity_prob=0.5, random_start=False)``; images N×C×H×W in [0,1], any C.
+    nsig=3, resize_rate=0.9, diversity_prob=0.5, random_start=False, eot_iter=1)``; images N×C×H×W in [0,1], any C.
 
     Each gradient is convolved per channel (depthwise, same padding) with :func:`ti_kernel`, then goes through
     MI-FGSM's momentum (when ``decay`` > 0). ``diversity_prob=0`` disables input diversity. ``len_kernel``: odd,
-    >= 1 (centred "same" smoothing); ``nsig`` > 0."""
+    >= 1 (centred "same" smoothing); ``nsig`` > 0. ``eot_iter``: the gradient is averaged over that many draws before
+    the smoothing."""
 
     name = "tifgsm"
 
     def __init__(self, model: nn.Module, eps: float = 8 / 255, alpha: float = 2 / 255, steps: int = 10,
                  decay: float = 0.0, kernel_name: str = "gaussian", len_kernel: int = 15, nsig: float = 3,
                  resize_rate: float = 0.9, diversity_prob: float = 0.5, random_start: bool = False,
-                 seed: int | None = None, resize_mode: str = "bilinear") -> None:
+                 seed: int | None = None, resize_mode: str = "bilinear", eot_iter: int = 1) -> None:
         super().__init__(model, eps=eps, alpha=alpha, steps=steps, decay=decay, resize_rate=resize_rate,
                          diversity_prob=diversity_prob, random_start=random_start, seed=seed,
-                         resize_mode=resize_mode)
+                         resize_mode=resize_mode, eot_iter=eot_iter)
         if check_number(len_kernel, "len_kernel", low=1, integer=True) % 2 == 0:
             raise AdvshieldError(f"len_kernel must be odd (a centred kernel), not {len_kernel!r}")
         self.kernel_name, self.len_kernel = kernel_name, int(len_kernel)

@@ -14,7 +14,7 @@ from ..models.zoo import zoo_cards
 from ..registry import ATTACKS
 from ..utils import pick_device
 from .common import apply_runtime, check_names, command_line, csv_list, positive_int
-from .eval import add_grid_flags, cli_reason, pick_defenses
+from .eval import adaptive_attacks, add_grid_flags, cli_reason, pick_defenses
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -28,7 +28,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data-root", default=None, help="directory holding the Fashion-MNIST files")
     p.add_argument("--ssp-steps", type=positive_int, default=20,
                    help="SSP iterations in the demo (default 20, to fit the 5-minute budget; the paper uses 100)")
-    add_grid_flags(p, n_default=100)
+    add_grid_flags(p, n_default=100, eot=2, draws=2)  # the demo's EOT/draws fit its 5-minute budget
     p.set_defaults(run=run)
 
 
@@ -50,14 +50,18 @@ def run(args: argparse.Namespace) -> int:
     models = {n: load_model(f"zoo:{n}") for n in names}
     data = load_dataset("fashion-mnist", "test", args.data_root).subset(args.n)
     res = evaluate(models, data, attacks, defenses, args.eps, args.eps_l2, args.batch_size, args.seed,
-                   pick_device(args.device), overrides={"ssp": {"steps": args.ssp_steps}})
+                   pick_device(args.device), overrides={"ssp": {"steps": args.ssp_steps}}, adaptive=args.adaptive,
+                   adaptive_attacks=adaptive_attacks(args, attacks), eot=args.eot, draws=args.draws)
     res.meta["command"] = command_line()
     res.meta["total_s"] = round(time.time() - t0, 1)
     notes = [f"Budget: L∞ {args.eps:.4f} ({args.eps * 255:g}/255), L2 {args.eps_l2:.3f}; iterative attacks: "
              f"10 steps of eps/10; FGSM: one step of eps; SSP: {args.ssp_steps} steps of 0.01 (paper: 100; "
              "`--ssp-steps 100` for the full attack).",
              "Every zoo model is both a source (crafts) and a target (classifies): off-diagonal cells are "
-             "black-box transfer."]
+             "black-box transfer.",
+             f"Adaptive: {', '.join(adaptive_attacks(args, attacks)) or 'none'} crafted on every defended target "
+             f"({', '.join(args.adaptive) or 'no mode'}; EOT {args.eot}, worst of {args.draws} draws for randomized "
+             "defenses) — the headline worst case."]
     paths = save_results(res, args.out, f"advshield demo: transfer grid on {data.name}", notes)
     text = paths["markdown"].read_text()
     start = text.index("## Clean accuracy")

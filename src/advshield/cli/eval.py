@@ -31,7 +31,18 @@ from .common import (
 )
 
 
-def add_grid_flags(p: argparse.ArgumentParser, n_default: int | None) -> None:
+def adaptive_modes(value: str) -> list[str]:
+    """``full,bpda``, ``full``, ``bpda`` or ``none``."""
+    modes = [m.strip() for m in value.split(",") if m.strip()]
+    if modes == ["none"]:
+        return []
+    bad = [m for m in modes if m not in ("full", "bpda")]
+    if bad or not modes:
+        raise argparse.ArgumentTypeError(f"must be full, bpda, full,bpda or none, not {value!r}")
+    return list(dict.fromkeys(modes))
+
+
+def add_grid_flags(p: argparse.ArgumentParser, n_default: int | None, eot: int = 20, draws: int = 10) -> None:
     p.add_argument("--attacks", type=csv_list, default=None,
                    help="comma-separated attacks (default: the transfer attacks: "
                    f"{', '.join(grid_attacks())}; `advshield list attacks` shows all)")
@@ -50,6 +61,17 @@ def add_grid_flags(p: argparse.ArgumentParser, n_default: int | None) -> None:
                    help="let 1-channel models and purifiers take RGB data (luma / per channel) and 3-channel models "
                    "grayscale data; without it a channel mismatch is an error and mismatched default defenses are "
                    "left out")
+    p.add_argument("--adaptive", type=adaptive_modes, default=["full", "bpda"],
+                   help="adaptive threat models run against every defense: full (exact gradients through it, "
+                   "skipped with a note where it has none), bpda (through its substitute), full,bpda (default) or "
+                   "none (transfer only: the report then says the worst case is defense-unaware)")
+    p.add_argument("--adaptive-attacks", type=csv_list, default=None,
+                   help="attacks crafted adaptively on each defended target (default: pgd when it is in the grid, "
+                   "else the grid's attacks)")
+    p.add_argument("--eot", type=positive_int, default=eot,
+                   help=f"gradient samples per step against randomized defenses (default {eot})")
+    p.add_argument("--draws", type=positive_int, default=draws,
+                   help=f"predictions per sample behind a randomized defense; the worst counts (default {draws})")
     add_runtime_flags(p)
 
 
@@ -173,6 +195,19 @@ def load_data(args: argparse.Namespace) -> Any:
     return resize_dataset(data, size) if size and not folder else data
 
 
+def adaptive_attacks(args: argparse.Namespace, attacks: list[str]) -> list[str]:
+    """The --adaptive-attacks that are in the grid's --attacks (none when --adaptive none)."""
+    if args.adaptive_attacks is None:
+        return (["pgd"] if "pgd" in attacks else list(attacks)) if args.adaptive else []
+    check_names("attack", args.adaptive_attacks, ATTACKS.names())
+    if not args.adaptive:
+        return []
+    missing = [a for a in args.adaptive_attacks if a not in attacks]
+    if missing:
+        raise AdvshieldError(f"--adaptive-attacks {missing[0]} is not in --attacks ({', '.join(attacks) or 'none'})")
+    return list(args.adaptive_attacks)
+
+
 def print_lines(lines: list[str]) -> None:
     for line in lines:
         print(line, file=sys.stderr if line.startswith("advshield:") else sys.stdout)
@@ -220,7 +255,8 @@ def run(args: argparse.Namespace) -> int:
     print_lines(lines)
     res = evaluate(models, data, attacks, defenses, args.eps, args.eps_l2, args.batch_size, args.seed,
                    device, sources=sources, cache_dir=args.cache_dir,
-                   perturbations=perturbations, baselines=baselines)
+                   perturbations=perturbations, baselines=baselines, adaptive=args.adaptive,
+                   adaptive_attacks=adaptive_attacks(args, attacks), eot=args.eot, draws=args.draws)
     res.meta["command"] = command_line()
     res.meta["labels"] = labels_meta
     res.meta["left_out_defenses"] = left

@@ -70,20 +70,44 @@ class GridResults:
         return out
 
     def worst_case(self) -> list[dict[str, Any]]:
-        """Per (defense, target): accuracy when a sample counts as correct only if it survives every attack
-        from every source (and is correct when clean)."""
+        """Per (defense, target): the share of samples correct when clean and surviving every attack from every
+        source, under two threat models side by side:
+
+        - ``transfer_worst_case_accuracy``: the attacker ignores the defense (transfer, defense-unaware, universal);
+        - ``adaptive_worst_case_accuracy``: the attacker may also attack the defended model itself (the
+          ``adaptive-*`` cells; for defense ``none``, the white-box cells) — None when no such attack was run.
+
+        ``worst_case_accuracy`` is the headline: the adaptive number when measured, else the transfer one, and
+        ``threat_model`` says which."""
         y = self.labels
         out = []
         for (d, t), clean in self.clean_pred.items():
-            ok = clean == y
-            names = []
+            ok_clean = clean == y
+            transfer, everything = ok_clean.clone(), ok_clean.clone()
+            names, adaptive_names = [], []
             for (a, s, d2, t2), adv in self.adv_pred.items():
-                if (d2, t2) == (d, t):
-                    ok = ok & (adv == y)
-                    names.append(f"{a}@{s}")
+                if (d2, t2) != (d, t):
+                    continue
+                hit = adv == y
+                everything &= hit
+                names.append(f"{a}@{s}")
+                if s.startswith("adaptive-") or (d == "none" and s == t):
+                    adaptive_names.append(f"{a}@{s}")
+                else:
+                    transfer &= hit
+            frac = lambda m: float(m.float().mean()) if len(y) else float("nan")  # noqa: E731
+            adaptive = frac(everything) if adaptive_names else None
+            if adaptive_names:
+                modes = sorted({n.split("@", 1)[1] for n in adaptive_names})
+                threat = "white-box" if d == "none" else "adaptive (" + ", ".join(
+                    m[len("adaptive-"):] for m in modes if m.startswith("adaptive-")) + ")"
+            else:
+                threat = "transfer only (defense-unaware; no adaptive attack run)"
             out.append({"defense": d, "target": t, "clean_accuracy": accuracy(clean, y),
-                        "worst_case_accuracy": float(ok.float().mean()) if len(y) else float("nan"),
-                        "attacks": names})
+                        "transfer_worst_case_accuracy": frac(transfer),
+                        "adaptive_worst_case_accuracy": adaptive,
+                        "worst_case_accuracy": adaptive if adaptive is not None else frac(transfer),
+                        "threat_model": threat, "attacks": names})
         return out
 
     def __repr__(self) -> str:
@@ -127,7 +151,8 @@ class Engine:
                  seed: int = 0, device: str | torch.device = "cpu", cache_dir: str | Path | None = None,
                  adaptive: Sequence[str] = (), eot: int = 1, log: Callable[[str], None] | None = None,
                  perturbations: dict[str, torch.Tensor] | None = None,
-                 baselines: dict[str, nn.Module] | None = None) -> None:
+                 baselines: dict[str, nn.Module] | None = None, adaptive_attacks: Sequence[str] | None = None,
+                 draws: int = 1) -> None:
         from ..defenses.base import Identity
 
         self.targets = targets
@@ -143,6 +168,15 @@ class Engine:
             raise AdvshieldError(f"adaptive: unknown mode {bad[0]!r} (known: {', '.join(ADAPTIVE_MODES)})")
         self.adaptive = tuple(adaptive)
         self.eot = int(check_number(eot, "eot", low=1, integer=True))
+        self.draws = int(check_number(draws, "draws", low=1, integer=True))
+        self.adaptive_attacks = tuple(attacks if adaptive_attacks is None else adaptive_attacks)
+        unknown = [a for a in self.adaptive_attacks if a not in attacks]
+        if unknown:
+            raise AdvshieldError(f"adaptive_attacks: {unknown[0]!r} is not one of the attacks")
+        self.notes: list[str] = []
+        self._probed = False
+        self.differentiable: dict[str, bool] = {}
+        self.randomized: dict[str, bool] = {}
         self.perturbations = {k: v.detach().float().to(self.device) for k, v in (perturbations or {}).items()}
         for k, v in self.perturbations.items():
             if v.dim() != 3 or not torch.isfinite(v).all():
@@ -159,7 +193,7 @@ class Engine:
                 mode, d, t = s[len("adaptive-"):].split("|")
                 defense = self.defenses[d]
                 atk = self.attacks[a](Defended(self.targets[t], defense, bpda=mode == "bpda").to(self.device))
-                if getattr(defense, "randomized", False) and hasattr(atk, "eot"):
+                if (getattr(defense, "randomized", False) or self.randomized.get(d, False)) and hasattr(atk, "eot"):
                     atk.eot = self.eot
             else:
                 atk = self.attacks[a](self.sources[s].to(self.device))
@@ -192,18 +226,67 @@ class Engine:
         return x_adv
 
     def _adaptive_cells(self) -> list[tuple[str, str, str]]:
-        """(mode, defense, target) for every adaptive attack cell; the undefended model needs none."""
-        return [(m, d, t) for m in self.adaptive for d in self.defenses if d != "none" for t in self.targets]
+        """(mode, defense, target) for every adaptive attack cell; the undefended model needs none, and full-gradient
+        mode is skipped for a defense autograd cannot go through (a note says so)."""
+        return [(m, d, t) for m in self.adaptive for d in self.defenses if d != "none"
+                and not (m == "full" and not self.differentiable.get(d, True)) for t in self.targets]
+
+    def _probe(self, x: torch.Tensor) -> None:
+        """On the first batch: which defenses are randomized (declared, or two forward passes differ) and which are
+        differentiable (an input gradient through them exists, is finite and not all zero)."""
+        if self._probed:
+            return
+        self._probed = True
+        xs = x[: min(len(x), 16)]
+        for d, defense in self.defenses.items():
+            if d == "none":
+                continue
+            with torch.no_grad():
+                self.randomized[d] = bool(getattr(defense, "randomized", False)) or \
+                    not torch.equal(defense(xs), defense(xs))
+            xg = xs.clone().requires_grad_(True)
+            try:
+                with torch.enable_grad():
+                    (g,) = torch.autograd.grad(defense(xg).sum(), xg)
+                ok = bool(torch.isfinite(g).all()) and bool((g.flatten(1).abs().amax(1) > 0).float().mean() > 0.5)
+            except RuntimeError:
+                ok = False
+            self.differentiable[d] = ok
+            if not ok and "full" in self.adaptive:
+                self.notes.append(f"defense {d}: no useful gradient through it (non-differentiable or zero); "
+                                  "full-gradient cells skipped, BPDA used")
+            if self.randomized[d] and self.draws > 1:
+                self.notes.append(f"defense {d} is randomized: each prediction is the worst of {self.draws} draws")
 
     @torch.no_grad()
-    def _classify(self, x: torch.Tensor) -> dict[tuple[str, str], torch.Tensor]:
-        """Predictions of every target behind every defense; each defense runs once per batch."""
+    def _classify(self, x: torch.Tensor, y: torch.Tensor | None = None) -> dict[tuple[str, str], torch.Tensor]:
+        """Predictions of every target behind every defense; each defense runs once per batch (``draws`` times for
+        a randomized one: a sample then keeps a wrong prediction from any draw, so accuracy is the worst of R)."""
         out = {}
         for d, defense in self.defenses.items():
-            xd = defense(x)
-            for t, m in self.targets.items():
-                out[(d, t)] = m(xd).argmax(1).cpu()
+            runs = self.draws if (y is not None and self.randomized.get(d, False)) else 1
+            preds: dict[str, torch.Tensor] = {}
+            for _ in range(runs):
+                xd = defense(x)
+                for t, m in self.targets.items():
+                    p = m(xd).argmax(1).cpu()
+                    if t in preds:
+                        keep = preds[t] != y.cpu()
+                        p = torch.where(keep, preds[t], p)
+                    preds[t] = p
+            for t, p in preds.items():
+                out[(d, t)] = p
         return out
+
+    @torch.no_grad()
+    def _classify_one(self, d: str, t: str, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Predictions of target ``t`` behind defense ``d`` (worst of ``draws`` for a randomized defense)."""
+        runs = self.draws if self.randomized.get(d, False) else 1
+        pred = None
+        for _ in range(runs):
+            p = self.targets[t](self.defenses[d](x)).argmax(1).cpu()
+            pred = p if pred is None else torch.where(pred != y.cpu(), pred, p)
+        return pred
 
     def run(self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], total: int | None = None) -> GridResults:
         """``batches``: (x N×C×H×W in [0,1], y N int64). Labels drive untargeted attacks."""
@@ -214,36 +297,38 @@ class Engine:
         clean: dict[tuple[str, str], list[torch.Tensor]] = {k: [] for k in pairs}
         adv: dict[tuple[str, str, str, str], list[torch.Tensor]] = {
             (a, s, d, t): [] for a in self.attacks for s in self.sources for (d, t) in pairs}
-        adv.update({(a, f"adaptive-{m}", d, t): [] for a in self.attacks for m, d, t in self._adaptive_cells()})
+
         adv.update({(p, "universal", d, t): [] for p in self.perturbations for (d, t) in pairs})
         start = 0
         for x, y in progress(batches, "eval", total=total):
             x, y = x.to(self.device), y.to(self.device)
+            self._probe(x)
             ys.append(y.cpu())
             with torch.no_grad():
                 for t, m in self.baselines.items():
                     base[t].append(m(x).argmax(1).cpu())
-            for k, p in self._classify(x).items():
+            for k, p in self._classify(x, y).items():
                 clean[k].append(p)
             for a in self.attacks:
                 for s in self.sources:
-                    for (d, t), p in self._classify(self._craft(a, s, x, y, start)).items():
+                    for (d, t), p in self._classify(self._craft(a, s, x, y, start), y).items():
                         adv[(a, s, d, t)].append(p)
+                if a not in self.adaptive_attacks:
+                    continue
                 for mode, d, t in self._adaptive_cells():
                     x_adv = self._craft(a, f"adaptive-{mode}|{d}|{t}", x, y, start)
-                    with torch.no_grad():
-                        p = self.targets[t](self.defenses[d](x_adv)).argmax(1).cpu()
-                    adv[(a, f"adaptive-{mode}", d, t)].append(p)
+                    p = self._classify_one(d, t, x_adv, y)
+                    adv.setdefault((a, f"adaptive-{mode}", d, t), []).append(p)
             for p, delta in self.perturbations.items():
                 if delta.shape != x.shape[1:]:
                     raise AdvshieldError(f"perturbations: {p!r} is {tuple(delta.shape)}, images are "
                                          f"{tuple(x.shape[1:])}")
-                for k, pred in self._classify((x + delta).clamp(0, 1)).items():
+                for k, pred in self._classify((x + delta).clamp(0, 1), y).items():
                     adv[(p, "universal", *k)].append(pred)
             start += len(x)
         cat = lambda v: torch.cat(v) if v else torch.empty(0, dtype=torch.long)  # noqa: E731
         info = {a: {s: repr(self.attack(a, s)) for s in self.sources} for a in self.attacks}
-        for a in self.attacks:
+        for a in self.adaptive_attacks:
             info[a].update({f"adaptive-{m}": repr(self.attack(a, f"adaptive-{m}|{d}|{t}"))
                             for m, d, t in self._adaptive_cells()})
         for p, delta in self.perturbations.items():
@@ -252,5 +337,10 @@ class Engine:
         res = GridResults(cat(ys), {k: cat(v) for k, v in base.items()}, {k: cat(v) for k, v in clean.items()},
                           {k: cat(v) for k, v in adv.items()}, info,
                           meta={"n": start, "seed": self.seed, "device": str(self.device),
-                                "elapsed_s": round(time.time() - t0, 2)})
+                                "elapsed_s": round(time.time() - t0, 2), "adaptive": list(self.adaptive),
+                                "adaptive_attacks": list(self.adaptive_attacks) if self.adaptive else [],
+                                "eot": self.eot, "draws": self.draws, "notes": list(self.notes),
+                                "randomized_defenses": [d for d, r in self.randomized.items() if r],
+                                "non_differentiable_defenses": [d for d, ok in self.differentiable.items()
+                                                                if not ok]})
         return res

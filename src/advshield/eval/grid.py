@@ -156,7 +156,8 @@ def evaluate(models: dict[str, nn.Module] | nn.Module, data: Any, attacks: Seque
              sources: dict[str, nn.Module] | nn.Module | None = None, cache_dir: str | Path | None = None,
              overrides: dict[str, dict[str, Any]] | None = None,
              perturbations: dict[str, torch.Tensor] | None = None,
-             baselines: dict[str, nn.Module] | None = None) -> GridResults:
+             baselines: dict[str, nn.Module] | None = None, adaptive: Sequence[str] | str = (),
+             adaptive_attacks: Sequence[str] | None = None, eot: int = 1, draws: int = 1) -> GridResults:
     """Run the attack × source × defense × target grid on ``data`` (streamed in batches).
 
     ``models``: dict name → classifier ([0,1] N×C×H×W → logits) or one module (named "model"). ``data``: see
@@ -164,7 +165,11 @@ def evaluate(models: dict[str, nn.Module] | nn.Module, data: Any, attacks: Seque
     ``defenses``: see :func:`build_defenses` (``["none"]``: undefended). ``eps``: the L∞ budget, ``eps_l2`` the L2
     radius (optional; L2 attacks need it), both in [0,1] units. ``overrides``: per-attack keyword arguments on top
     of the paper defaults, e.g. ``{"ssp": {"steps": 20}}``. ``perturbations``: name → universal perturbation
-    (C×H×W); ``baselines``: target → undefended model. Bad arguments raise a one-line :class:`AdvshieldError`."""
+    (C×H×W); ``baselines``: target → undefended model. ``adaptive``: ``"full"`` and/or ``"bpda"``: the
+    ``adaptive_attacks`` (default all) are also crafted on each defended target itself, with exact gradients through
+    the defense (skipped, with a note, for a defense autograd cannot go through) or through its BPDA substitute;
+    ``eot`` gradient samples per step and the worst of ``draws`` predictions for randomized defenses (detected).
+    Bad arguments raise a one-line :class:`AdvshieldError`."""
     models = named_models(models, "models")
     sources = None if sources is None else named_models(sources, "sources", "source")
     eps = check_eps(eps, "eps")
@@ -175,10 +180,12 @@ def evaluate(models: dict[str, nn.Module] | nn.Module, data: Any, attacks: Seque
     if not all(isinstance(a, str) for a in attacks):
         raise AdvshieldError("attacks must be registered attack names (str)")
     overrides = overrides or {}
+    adaptive = [m.strip() for m in adaptive.split(",") if m.strip()] if isinstance(adaptive, str) else list(adaptive)
     factories = {a: attack_factory(a, eps, eps_l2, **overrides.get(a, {})) for a in attacks}
     batches, total, name = data_batches(data, batch_size)
     engine = Engine(targets=models, sources=sources, attacks=factories, defenses=build_defenses(defenses, seed),
-                    seed=seed, device=device, cache_dir=cache_dir, perturbations=perturbations, baselines=baselines)
+                    seed=seed, device=device, cache_dir=cache_dir, perturbations=perturbations, baselines=baselines,
+                    adaptive=adaptive, adaptive_attacks=adaptive_attacks, eot=eot, draws=draws)
     crafting = {**models, **(sources or {})}
     res = engine.run(checked_batches(batches, crafting, engine.device), total=total)
     if isinstance(data, DataLoader):

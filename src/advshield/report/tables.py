@@ -23,6 +23,26 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], numeri
     return "\n".join(lines)
 
 
+def worst_case_tables(res: GridResults, worst: dict, targets: list[str], defenses: list[str]) -> list[str]:
+    """The headline (adaptive where measured) and the transfer-only worst case, side by side per defense."""
+    def cell(d: str, t: str) -> str:
+        w = worst[(d, t)]
+        a, tr = w["adaptive_worst_case_accuracy"], w["transfer_worst_case_accuracy"]
+        return f"**{_fmt(a)}** / {_fmt(tr)}" if a is not None else f"– / {_fmt(tr)}"
+
+    adaptive = res.meta.get("adaptive") or []
+    how = (f"adaptive attacks: {', '.join(res.meta.get('adaptive_attacks') or [])} through each defense "
+           f"({', '.join(adaptive)}; EOT {res.meta.get('eot', 1)} and worst of {res.meta.get('draws', 1)} draws for "
+           "randomized defenses)") if adaptive else "no adaptive attack was run (`--adaptive full,bpda` runs them)"
+    lines = ["## Worst case over all attacks and sources", "",
+             "Each cell: **adaptive** / transfer. *Adaptive*: the attacker also attacks the defended model itself "
+             f"({how}); for defense `none` the white-box attacks. *Transfer*: the attacker ignores the defense "
+             "(defense-unaware) — never the number to trust for a defense. `–`: not measured.", "",
+             markdown_table(["defense"] + targets, [[d] + [cell(d, t) for t in targets] for d in defenses]), ""]
+    notes = res.meta.get("notes") or []
+    return lines + ([f"- {n}" for n in notes] + [""] if notes else [])
+
+
 def grid_report(res: GridResults, title: str = "advshield evaluation", notes: Sequence[str] = ()) -> str:
     """Clean accuracy, robust accuracy per attack × source × target for each defense, worst case, details."""
     rows = res.rows()
@@ -65,10 +85,7 @@ def grid_report(res: GridResults, title: str = "advshield evaluation", notes: Se
                 cells.append(f"{_fmt(r['robust_accuracy'])}{star} ({_fmt(r['attack_success_rate'], pct=True)})")
             table.append([f"{a} ← {s}"] + cells)
         out += [markdown_table(["attack ← source"] + targets, table), ""]
-    out += ["## Worst case over all attacks and sources", "",
-            markdown_table(["defense"] + targets,
-                           [[d] + [_fmt(worst[(d, t)]["worst_case_accuracy"]) for t in targets]
-                            for d in defenses]), ""]
+    out += worst_case_tables(res, worst, targets, defenses)
     out += ["## All metrics", "",
             markdown_table(["attack", "source", "defense", "target", "setting", "clean", "robust", "ASR",
                             "fooling", "restoration"],
