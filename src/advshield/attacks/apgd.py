@@ -222,8 +222,7 @@ class APGD(Attack):
     def _run(self, x: torch.Tensor, y: torch.Tensor, extra: torch.Tensor | None,
              objective: Objective) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """One APGD run from a random start. Returns (fooled N bools, first fooling points, best-loss points,
-        best losses N). Fooled samples leave the batch, so later iterations only cost what is left — except with
-        EOT (``eot`` > 1), where every sample runs all steps and the last fooling point is kept."""
+        best losses N). Fooled samples leave the batch, so later iterations only cost what is left."""
         n, shape = len(x), (-1,) + (1,) * (x.dim() - 1)
         fooled_out = torch.zeros(n, dtype=torch.bool, device=x.device)
         x_out, best_x_out = x.clone(), x.clone()
@@ -249,8 +248,6 @@ class APGD(Attack):
             if bool(fooled.any()):
                 fooled_out[rows[fooled]] = True
                 x_out[rows[fooled]] = live["x_adv"][fooled]
-                if self.eot > 1:  # a randomized model: one draw's success may be luck, so keep climbing; the
-                    return rows   # last fooling point is returned (as the authors' implementation does)
                 keep = ~fooled
                 for key, value in live.items():
                     live[key] = value[keep]
