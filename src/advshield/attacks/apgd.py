@@ -117,19 +117,6 @@ class APGD(Attack):
             raise AdvshieldError(f"loss must be 'ce' or 'dlr', not {loss!r}")
         self.loss = loss
 
-    @property
-    def eot_iter(self) -> int:
-        """Alias of ``eot`` (torchattacks' name)."""
-        return self.eot
-
-    @eot_iter.setter
-    def eot_iter(self, value: int) -> None:
-        self.eot = check_steps(value, "eot_iter")
-
-    def settings(self) -> dict[str, Any]:
-        """As :meth:`Attack.settings`, without ``eot_iter`` (the repr shows ``eot=N`` when N > 1)."""
-        return {k: v for k, v in super().settings().items() if k != "eot_iter"}
-
     @classmethod
     def for_budget(cls, model: nn.Module, eps: float, **kw) -> "APGD":
         """AutoAttack's standard APGD-CE at budget ``eps``: 100 steps, 1 run (pass ``norm="L2"`` for L2)."""

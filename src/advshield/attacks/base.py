@@ -26,7 +26,8 @@ from ..errors import AdvshieldError
 from .threat import NORMS, ThreatModel
 
 TARGET_MODES = ("given", "random", "least_likely")
-_NOT_SETTINGS = {"self", "model", "feature_model", "threat", "seed", "eps", "norm"}  # not shown as key=value in reprs
+# not shown as key=value in reprs (eot_iter: the repr shows eot=N when N > 1)
+_NOT_SETTINGS = {"self", "model", "feature_model", "threat", "seed", "eps", "norm", "eot_iter"}
 
 
 @contextlib.contextmanager
@@ -142,6 +143,15 @@ class Attack:
     def perturb(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    @property
+    def eot_iter(self) -> int:
+        """Alias of ``eot`` (torchattacks' name), for the attacks that take ``eot_iter``."""
+        return self.eot
+
+    @eot_iter.setter
+    def eot_iter(self, value: int) -> None:
+        self.eot = check_steps(value, "eot_iter")
+
     def settings(self) -> dict[str, Any]:
         """The constructor's settings (keyword → current value), read from the attributes of the same name;
         eps first. ``model``, ``seed`` and ``norm`` are left out (the seed is per call in the engine)."""
@@ -201,19 +211,6 @@ class GradientAttack(Attack):
         super().__init__(model, ThreatModel(norm=norm, eps=eps), seed)
         self.eps, self.alpha, self.steps, self.random_start = eps, alpha, steps, bool(random_start)
         self.eot = check_steps(eot_iter, "eot_iter")  # gradients averaged over this many draws of the model
-
-    @property
-    def eot_iter(self) -> int:
-        """Alias of ``eot`` (torchattacks' name)."""
-        return self.eot
-
-    @eot_iter.setter
-    def eot_iter(self, value: int) -> None:
-        self.eot = check_steps(value, "eot_iter")
-
-    def settings(self) -> dict[str, Any]:
-        """As :meth:`Attack.settings`, without ``eot_iter`` (the repr shows ``eot=N`` when N > 1)."""
-        return {k: v for k, v in super().settings().items() if k != "eot_iter"}
 
     # hooks ---------------------------------------------------------------------------------------------
     def init(self, x: torch.Tensor) -> torch.Tensor:

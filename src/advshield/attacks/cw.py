@@ -27,11 +27,6 @@ def margin(logits: torch.Tensor, y: torch.Tensor, targeted: bool = False) -> tor
     return others - own if targeted else own - others
 
 
-def check_eot(eot_iter: Any) -> int:
-    """The EOT draw count: an integer >= 1."""
-    return check_steps(eot_iter, "eot_iter")
-
-
 def minimal_norm_threat(eps: float | None) -> ThreatModel:
     """The L2 threat model of a minimal-norm attack: radius ``eps`` (its result is projected into that ball), or
     :data:`UNBOUNDED` when ``eps`` is None."""
@@ -49,7 +44,7 @@ class MinimalNormAttack(Attack):
 
     def __init__(self, model: nn.Module, eps: float | None, eot_iter: int, seed: int | None) -> None:
         super().__init__(model, minimal_norm_threat(eps), seed)
-        self.eot = check_eot(eot_iter)  # read at run time; the engine raises it for randomized defenses
+        self.eot = check_steps(eot_iter, "eot_iter")  # read at run time; the engine raises it for randomized defenses
 
     @property
     def eps(self) -> float | None:
@@ -136,7 +131,7 @@ class CWLinf(GradientAttack):
                  kappa: float = 0.0, random_start: bool = True, eot_iter: int = 1, seed: int | None = None) -> None:
         super().__init__(model, eps=eps, alpha=alpha, steps=steps, random_start=random_start, norm="linf", seed=seed)
         self.kappa = check_number(kappa, "kappa", low=0.0)
-        self.eot = check_eot(eot_iter)
+        self.eot = check_steps(eot_iter, "eot_iter")
 
     def loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if logits.dim() != 2:

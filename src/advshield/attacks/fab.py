@@ -130,19 +130,6 @@ class FAB(Attack):
         self.eot = check_steps(eot_iter, "eot_iter")  # passes averaged per step; the engine raises it for randomness
         self._minimal: list[torch.Tensor] | None = None  # set by minimal(): collects the distances
 
-    @property
-    def eot_iter(self) -> int:
-        """Alias of ``eot`` (torchattacks' name)."""
-        return self.eot
-
-    @eot_iter.setter
-    def eot_iter(self, value: int) -> None:
-        self.eot = check_steps(value, "eot_iter")
-
-    def settings(self) -> dict:
-        """As :meth:`Attack.settings`, without ``eot_iter`` (the repr shows ``eot=N`` when N > 1)."""
-        return {k: v for k, v in super().settings().items() if k != "eot_iter"}
-
     @classmethod
     def for_budget(cls, model: nn.Module, eps: float, **kw) -> "FAB":
         """torchattacks' defaults at budget ``eps`` (10 steps, 1 restart, alpha_max 0.1, eta 1.05, beta 0.9)."""
