@@ -28,3 +28,78 @@ def machine() -> str:
 
     return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, "
             f"{torch.get_num_threads()} threads, Python {platform.python_version()}")
+
+
+def audit_cached(cache: str | Path, name: str, settings: dict, run=None) -> dict | None:
+    """The JSON document of one audit cell: read from ``cache/name-KEY.json`` when an earlier run with the same
+    ``settings`` stored it, else ``run()`` (→ AuditResult) now, timed, and stored — so a stopped benchmark resumes
+    where it was and a re-run only re-renders. ``settings``: everything the result depends on (JSON-able);
+    ``run=None``: only look in the cache (None when the cell was never run)."""
+    import hashlib
+    import json
+    import time
+
+    key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
+    path = Path(cache) / f"{name}-{key}.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    if run is None:
+        return None
+    t0 = time.time()
+    doc = {**run().to_json(), **settings, "seconds": round(time.time() - t0, 1)}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(doc, indent=1))
+    tmp.replace(path)
+    return doc
+
+
+def fit_cached(cache: Path, key: dict, model, images, log=print):
+    """The universal perturbation of ``key`` (method, eps, eps_255, seed, model, fit_images, optional max_passes):
+    from ``cache`` when fitted with the same settings before, else fitted now on ``images`` (N×C×H×W in [0,1]) and
+    stored (.npy + .json). Returns the C×H×W perturbation."""
+    import inspect
+    import json
+    import time
+
+    from advshield.attacks.universal import load_perturbation, save_perturbation
+    from advshield.registry import UNIVERSAL
+
+    name = "-".join(str(key[k]) for k in ("model", "method", "eps_255", "seed", "fit_images"))
+    npy, meta = cache / f"{name}.npy", cache / f"{name}.json"
+    if npy.exists() and meta.exists() and json.loads(meta.read_text()).get("key") == key:
+        return load_perturbation(npy)
+    t0 = time.time()
+    cls = UNIVERSAL.get(key["method"])
+    params = inspect.signature(cls).parameters
+    kw = {k: key[k] for k in ("max_passes",) if k in params and k in key}
+    if "show_progress" in params:
+        kw["show_progress"] = False
+    delta = cls(model, eps=key["eps"], norm="linf", seed=key["seed"], **kw).fit(images)
+    cache.mkdir(parents=True, exist_ok=True)
+    save_perturbation(npy, delta)
+    meta.write_text(json.dumps({"key": key, "fit_time_s": round(time.time() - t0, 1)}, indent=1))
+    log(f"  fitted {name} in {time.time() - t0:.0f}s")
+    return delta
+
+
+# display names of the transfer attacks in the tables
+ATTACK_LABELS = {"fgsm": "FGSM", "rfgsm": "R-FGSM", "bim": "I-FGSM", "mifgsm": "MI-FGSM", "mi-di": "DIM", "ssp": "SSP",
+                 "mi-di-ti": "DIM-TI"}
+
+Rows = dict  # {(attack, source, defense, target): metric row}
+
+
+def run_engine(engine, data, batch_size: int):
+    """The engine's loop over ``data`` (a TensorDataset) in batches; labels drive the untargeted attacks."""
+    return engine.run(data.batches(batch_size), total=-(-len(data) // batch_size))
+
+
+def keyed(*results) -> Rows:
+    """{(attack, source, defense, target): metric row} over several engine runs (GridResults)."""
+    return {(r["attack"], r["source"], r["defense"], r["target"]): r for res in results for r in res.rows()}
+
+
+def pct(v: float | None) -> str:
+    """A [0,1] fraction as a percentage with one decimal; '–' for None or NaN."""
+    return "–" if v is None or v != v else f"{100 * v:.1f}"

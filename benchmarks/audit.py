@@ -9,38 +9,33 @@ Run: .venv/bin/python benchmarks/audit.py [--n 500] [--version auto] [--eot 20] 
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
-import time
-from pathlib import Path
 
 import torch
-from _results import machine, update_section
+from _results import audit_cached, machine, update_section
 
 import advshield
 from advshield.data import load_dataset
 from advshield.registry import DEFENSES
-from advshield.utils import write_json
 
 MODELS = ("fmnist-lenet", "fmnist-vgg", "fmnist-resnet")
 
 
-def cell_key(args: argparse.Namespace, defense: str, model: str) -> str:
-    text = f"{defense}|{model}|{args.n}|{args.eps}|{args.version}|{args.eot}|{args.draws}|{args.seed}"
-    return hashlib.sha256(text.encode()).hexdigest()[:12]
+def settings(args: argparse.Namespace, defense: str, model: str) -> dict:
+    """What one (defense, model) cell depends on: its cache key and the fields stored with it."""
+    return {"defense": defense, "model": model, "n": args.n, "eps_255": args.eps, "version": args.version,
+            "eot_setting": args.eot, "draws_setting": args.draws, "seed": args.seed}
 
 
-def run_cell(args: argparse.Namespace, defense: str, model_name: str, x: torch.Tensor, y: torch.Tensor) -> dict:
-    path = Path(args.cache) / f"{model_name}-{defense}-{cell_key(args, defense, model_name)}.json"
-    if path.is_file():
-        return json.loads(path.read_text())
-    model = advshield.load_model(f"zoo:{model_name}")
-    t0 = time.time()
-    res = advshield.audit(model, None if defense == "none" else defense, x, y, args.eps / 255, version=args.version,
-                          eot=args.eot, draws=args.draws, seed=args.seed, batch_size=250)
-    doc = {**res.to_json(), "defense": defense, "model": model_name, "seconds": round(time.time() - t0, 1)}
-    write_json(path, doc)
-    return doc
+def run_cell(args: argparse.Namespace, defense: str, model_name: str, x: torch.Tensor, y: torch.Tensor,
+             only_cached: bool = False) -> dict | None:
+    """The audit of one cell (cached); None when ``only_cached`` and it was never run."""
+    def run() -> advshield.AuditResult:
+        return advshield.audit(advshield.load_model(f"zoo:{model_name}"), None if defense == "none" else defense,
+                               x, y, args.eps / 255, version=args.version, eot=args.eot, draws=args.draws,
+                               seed=args.seed, batch_size=250)
+
+    return audit_cached(args.cache, f"{model_name}-{defense}", settings(args, defense, model_name),
+                        None if only_cached else run)
 
 
 def pct(v: float | None) -> str:
@@ -92,9 +87,9 @@ def main() -> None:
     todo = [(d, m) for d in args.defenses.split(",") for m in args.models.split(",")]
     cells: list[dict] = []
     for i, (d, m) in enumerate(todo):
-        cached = Path(args.cache) / f"{m}-{d}-{cell_key(args, d, m)}.json"
-        if not args.render_only or cached.is_file():
-            cells.append(run_cell(args, d, m, x, y))
+        cell = run_cell(args, d, m, x, y, only_cached=args.render_only)
+        if cell is not None:
+            cells.append(cell)
             print(f"{d} × {m}: robust {cells[-1]['robust_accuracy']:.3f} flags {cells[-1]['flags']} "
                   f"({cells[-1]['seconds']} s)", flush=True)
         done = {(c["defense"], c["model"]) for c in cells}

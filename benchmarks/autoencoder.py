@@ -27,18 +27,17 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-from _results import RESULTS, machine, update_section
-from nrp import Rows, keyed, pct, run
+from _results import RESULTS, Rows, keyed, machine, pct, run_engine, update_section
 from torch import nn
 
 from advshield.attacks import FGSM, PGD
-from advshield.cli.eval import load_named
 from advshield.data import load_dataset
 from advshield.defenses.base import Identity
 from advshield.defenses.purifier import load_purifier
 from advshield.defenses.shipped_ae import AEDefense, VAEDefense
 from advshield.errors import AdvshieldError
 from advshield.eval.engine import Engine, GridResults
+from advshield.models import load_models
 from advshield.models.checkpoint import read_card
 from advshield.report.tables import markdown_table
 from advshield.utils import pick_device, seed_everything
@@ -196,7 +195,7 @@ def main() -> None:
     seed_everything(args.seed)
     try:
         eps_list = [float(e) / 255 for e in args.eps.split(",") if e.strip()]
-        models = load_named([args.source, *(m.strip() for m in args.transfer.split(",") if m.strip())])
+        models = load_models([args.source, *(m.strip() for m in args.transfer.split(",") if m.strip())])
         data = load_dataset("fashion-mnist", "test", args.data_root).subset(args.n)
     except (AdvshieldError, ValueError) as e:
         sys.exit(f"benchmarks/autoencoder.py: {e}")
@@ -212,7 +211,7 @@ def main() -> None:
 
     def timed(name: str, engine: Engine, d: Any) -> GridResults:
         t1 = time.time()
-        res = run(engine, d, args.batch_size)
+        res = run_engine(engine, d, args.batch_size)
         timings[name] = time.time() - t1
         print(f"{name}: {timings[name]:.0f} s", file=sys.stderr)
         return res
@@ -260,6 +259,9 @@ def main() -> None:
         f"### The same adversarial images transferred (crafted on {source})", "",
         *transfer_sections,
         f"### White-box PGD-40 through the autoencoders (eps {wb_eps:g}, first {len(wb_data)} test images, {source})",
+        "",
+        "*Superseded:* the `whitebox` section re-measures these purifiers with `advshield.audit` (APGD-CE+DLR "
+        "full gradient and BPDA, EOT 20 and 10 draws for the noisy AE, Square; 500 images).",
         "",
         "*PGD-40 on bare model*: crafted on the undefended model, then classified through the purifier. *Adaptive "
         "full*: PGD-40 on purifier + model with the gradient through the purifier. *Adaptive BPDA*: the backward "

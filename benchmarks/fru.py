@@ -20,25 +20,20 @@ Run: .venv/bin/python benchmarks/fru.py  (writes the `fru` section of docs/RESUL
 from __future__ import annotations
 
 import argparse
-import inspect
-import json
 import shlex
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import torch
-from _results import RESULTS, machine, update_section
+from _results import RESULTS, fit_cached, machine, update_section
 from torch import nn
 
-from advshield.attacks.universal import load_perturbation, save_perturbation
 from advshield.data import load_dataset
 from advshield.data.tensors import to_float
 from advshield.defenses.base import Identity, build_defense
 from advshield.eval.engine import Engine
 from advshield.models import load_model
-from advshield.registry import UNIVERSAL
 from advshield.report.tables import markdown_table
 from advshield.utils import seed_everything
 
@@ -51,26 +46,8 @@ PAPER_LINE = ("- Paper (Borkar et al., Tables 4–5, ImageNet): unseen attacks C
               "strength 10) 1.5× 0.952, 2× 0.896, 2.5× 0.854. The ≥ 0.93 goal for every unseen attack asks for more "
               "than the paper reports for GAP (0.922).")
 
-
-def fit_cached(cache: Path, key: dict[str, Any], model: nn.Module, images: torch.Tensor, log=print) -> torch.Tensor:
-    """The perturbation of ``key`` (method, eps, seed, model, ...): from ``cache`` when fitted with the same
-    settings before, else fitted now and stored (.npy + .json)."""
-    name = "-".join(str(key[k]) for k in ("model", "method", "eps_255", "seed", "fit_images"))
-    npy, meta = cache / f"{name}.npy", cache / f"{name}.json"
-    if npy.exists() and meta.exists() and json.loads(meta.read_text()).get("key") == key:
-        return load_perturbation(npy)
-    t0 = time.time()
-    cls = UNIVERSAL.get(key["method"])
-    params = inspect.signature(cls).parameters
-    kw = {k: key[k] for k in ("max_passes",) if k in params and k in key}
-    if "show_progress" in params:
-        kw["show_progress"] = False
-    delta = cls(model, eps=key["eps"], norm="linf", seed=key["seed"], **kw).fit(images)
-    cache.mkdir(parents=True, exist_ok=True)
-    save_perturbation(npy, delta)
-    meta.write_text(json.dumps({"key": key, "fit_time_s": round(time.time() - t0, 1)}, indent=1))
-    log(f"  fitted {name} in {time.time() - t0:.0f}s")
-    return delta
+ADAPTIVE_NOTE = ("*Adaptive case:* the `whitebox` section audits the FRU models as classifiers (APGD, Square) and "
+                 "fits UAP, sPGD, FFF and GAP through the FRU model (benchmarks/whitebox.py).")
 
 
 def r3(v: float) -> str:
@@ -200,6 +177,7 @@ def main() -> None:
         "not the FRUs), except the white-box line (fitted through the FRU model). Restoration accuracy = (defended "
         "clean + defended perturbed top-1) / (2 × base clean top-1); 'no defense' is the base itself. Input "
         "transforms at their registry defaults, in front of the base.", "",
+        *([ADAPTIVE_NOTE, ""] if args.section == "fru" else []),
         "### Goals (issue 5)", "", *goal_lines, PAPER_LINE, "", *sections])
     update_section(args.section, body, Path(args.results))
     print(body)

@@ -30,15 +30,15 @@ import shlex
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import torch
-from _results import RESULTS, machine, update_section
+from _results import ATTACK_LABELS as LABELS
+from _results import RESULTS, Rows, keyed, machine, pct, run_engine, update_section
 from torch import nn
-from transfer import LABELS, ensembles
 
+from advshield.attacks import hold_one_out
 from advshield.attacks.bypass import bypass_attack
-from advshield.cli.eval import load_named
 from advshield.data import load_dataset
 from advshield.data.tensors import TensorDataset
 from advshield.defenses.base import Identity, build_defense
@@ -48,6 +48,7 @@ from advshield.defenses.purifier import load_purifier
 from advshield.errors import AdvshieldError
 from advshield.eval.engine import Engine, GridResults
 from advshield.eval.grid import attack_factory
+from advshield.models import load_models
 from advshield.registry import ATTACKS, DEFENSES
 from advshield.report.tables import markdown_table
 from advshield.utils import pick_device, seed_everything
@@ -81,24 +82,6 @@ def autograd_reaches_input(defense: nn.Module, shape: tuple[int, ...]) -> bool:
     x = torch.rand(*shape, requires_grad=True)
     with torch.enable_grad():
         return bool(defense(x).requires_grad)
-
-
-def run(engine: Engine, data: TensorDataset, batch_size: int) -> GridResults:
-    """The engine's loop over ``data`` in batches (labels drive the untargeted attacks)."""
-    return engine.run(data.batches(batch_size), total=-(-len(data) // batch_size))
-
-
-# -- reading results ----------------------------------------------------------------------------------------
-Rows = dict[tuple[str, str, str, str], dict[str, Any]]
-
-
-def keyed(*results: GridResults) -> Rows:
-    """{(attack, source, defense, target): metric row} over several engine runs."""
-    return {(r["attack"], r["source"], r["defense"], r["target"]): r for res in results for r in res.rows()}
-
-
-def pct(v: float | None) -> str:
-    return "–" if v is None or v != v else f"{100 * v:.1f}"
 
 
 def transfer_table(rows: Rows, target: str, defenses: list[str]) -> tuple[str, list[tuple[str, str]]]:
@@ -293,7 +276,7 @@ def main() -> None:
             ATTACKS.get(a)
         for d in input_defenses:
             DEFENSES.get(d)
-        models = load_named([m.strip() for m in args.models.split(",") if m.strip()])
+        models = load_models([m.strip() for m in args.models.split(",") if m.strip()])
         data = load_dataset("fashion-mnist", "test", args.data_root).subset(args.n)
     except AdvshieldError as e:
         sys.exit(f"benchmarks/nrp.py: {e}")
@@ -315,7 +298,7 @@ def main() -> None:
 
     def timed(name: str, engine: Engine, d: TensorDataset) -> GridResults:
         t1 = time.time()
-        res = run(engine, d, args.batch_size)
+        res = run_engine(engine, d, args.batch_size)
         timings[name] = time.time() - t1
         print(f"{name}: {timings[name]:.0f} s", file=sys.stderr)
         return res
@@ -323,7 +306,7 @@ def main() -> None:
     common = dict(seed=args.seed, device=device)
     single = timed("transfer", Engine(targets=models, attacks={a: attack_factory(a, eps, eps) for a in attacks},
                                       defenses=defenses, **common), data)
-    ens = timed("ensemble", Engine(targets=models, sources=ensembles(models),
+    ens = timed("ensemble", Engine(targets=models, sources=hold_one_out(models),
                                    attacks={ENSEMBLE_ATTACK: attack_factory(ENSEMBLE_ATTACK, eps, eps)},
                                    defenses=defenses, **common), data)
     if "pgd" in attacks and len(wb_data) == len(data):
@@ -384,6 +367,9 @@ def main() -> None:
         "Untargeted, true labels.", "",
         *sections,
         f"### White-box PGD through the defense ({eps_text}, first {n_wb} test images)", "",
+        "*Superseded:* the `whitebox` section re-measures these purifiers with `advshield.audit` (APGD-CE+DLR "
+        "full gradient and BPDA, EOT 20 and 10 draws for dynamic NRP, Square; 500 images); read the white-box "
+        "PGD numbers below as the weaker first check they are.", "",
         "Top-1 accuracy (%). *PGD on bare model*: crafted on the undefended target, then classified through the "
         "defense (defense-unaware). *Adaptive full*: PGD on the defended target with the gradient through the "
         "defense (n/a where no gradient reaches the input: JPEG, TVM). *Adaptive BPDA*: the backward pass goes "

@@ -20,31 +20,20 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from _results import ATTACK_LABELS as LABELS
 from _results import RESULTS, machine, update_section
 
-from advshield.attacks import Ensemble
-from advshield.cli.eval import load_named
+from advshield.attacks import hold_one_out
 from advshield.data import load_dataset
 from advshield.eval.grid import evaluate
+from advshield.models import load_models
 from advshield.registry import ATTACKS
 from advshield.report.tables import markdown_table
 from advshield.utils import pick_device
 
 MODELS = "zoo:fmnist-vgg,zoo:fmnist-resnet,zoo:fmnist-lenet"
 ATTACK_NAMES = "fgsm,rfgsm,bim,mifgsm,mi-di,ssp"  # Table 5's rows (TAP and FFF are not implemented)
-LABELS = {"fgsm": "FGSM", "rfgsm": "R-FGSM", "bim": "I-FGSM", "mifgsm": "MI-FGSM", "mi-di": "DIM", "ssp": "SSP",
-          "mi-di-ti": "DIM-TI"}
 ENSEMBLE_ATTACK = "mi-di-ti"
-
-
-def ensembles(models: dict[str, torch.nn.Module]) -> dict[str, Ensemble]:
-    """For each model, the equal-weight ensemble of all the others, named ``a+b``."""
-    out = {}
-    for held_out in models:
-        rest = [n for n in models if n != held_out]
-        if rest:
-            out["+".join(rest)] = Ensemble([models[n] for n in rest])
-    return out
 
 
 def accuracy_table(single: Any, ens: Any, targets: list[str]) -> tuple[str, dict[tuple[str, str, str], float]]:
@@ -93,7 +82,7 @@ def main() -> None:
     attacks = [a.strip() for a in args.attacks.split(",") if a.strip()]
     for a in [*attacks, ENSEMBLE_ATTACK]:
         ATTACKS.get(a)
-    models = load_named([m.strip() for m in args.models.split(",") if m.strip()])
+    models = load_models([m.strip() for m in args.models.split(",") if m.strip()])
     targets = list(models)
     data = load_dataset("fashion-mnist", "test", args.data_root).subset(args.n)
     device = pick_device(args.device)
@@ -104,7 +93,7 @@ def main() -> None:
         t1 = time.time()
         single = evaluate(models, data, attacks, ["none"], eps, eps, args.batch_size, args.seed, device)
         ens = evaluate(models, data, [ENSEMBLE_ATTACK], ["none"], eps, eps, args.batch_size, args.seed, device,
-                       sources=ensembles(models))
+                       sources=hold_one_out(models))
         table, acc = accuracy_table(single, ens, targets)
         clean = {r["target"]: r["clean_accuracy"] for r in single.rows()}
         sections += [f"### {eps_text}", "", table, "",

@@ -477,3 +477,25 @@ def test_card_base_is_a_zoo_name(tiny_zoo):
 def test_zoo_models_are_not_wrapped(tiny_zoo):
     model = load_model("zoo:tiny-vgg")
     assert not isinstance(model, LogitsOutput) and model.spec == "zoo:tiny-vgg" and model.card["name"] == "tiny-vgg"
+
+
+def test_load_models_names_and_refuses_twice():
+    from advshield.models import load_models, short_name
+
+    assert short_name("zoo:fmnist-vgg") == "fmnist-vgg" and short_name("a/b.safetensors") == "a/b.safetensors"
+    models = load_models(["zoo:fmnist-lenet", "zoo:fmnist-vgg"])
+    assert list(models) == ["fmnist-lenet", "fmnist-vgg"] and all(not m.training for m in models.values())
+    with pytest.raises(ModelError, match="given twice"):
+        load_models(["zoo:fmnist-lenet", "zoo:fmnist-lenet"])
+
+
+def test_hold_one_out_ensembles_average_the_others():
+    from advshield.attacks import hold_one_out
+
+    a, b, c = (nn.Sequential(nn.Flatten(), nn.Linear(4, 3)) for _ in range(3))
+    ens = hold_one_out({"a": a, "b": b, "c": c})
+    assert list(ens) == ["b+c", "a+c", "a+b"]
+    x = torch.rand(2, 1, 2, 2)
+    with torch.no_grad():
+        torch.testing.assert_close(ens["a+b"](x), (a(x) + b(x)) / 2)
+    assert hold_one_out({"a": a}) == {}

@@ -14,13 +14,13 @@ from .models import load_model
 from .registry import ATTACKS, DEFENSES, MODELS, PURIFIERS, UNIVERSAL
 
 __all__ = ["ATTACKS", "DEFENSES", "MODELS", "PURIFIERS", "UNIVERSAL", "AdvshieldError", "DataError", "ModelError",
-           "__version__", "audit", "defend", "load_model", "load_purifier"]
+           "AuditResult", "__version__", "audit", "defend", "load_model", "load_purifier"]
 
 
 def __getattr__(name: str):
-    """``advshield.audit`` (:func:`advshield.eval.audit.audit`), imported on first use."""
-    if name == "audit":
-        from .eval.audit import audit
+    """``advshield.audit`` / ``advshield.AuditResult`` (:mod:`advshield.eval.audit`), imported on first use."""
+    if name in ("audit", "AuditResult"):
+        from .eval import audit as module
 
-        return audit
+        return getattr(module, name)
     raise AttributeError(f"module 'advshield' has no attribute {name!r}")

@@ -6,7 +6,7 @@ from .base import Attack, GradientAttack, frozen_eval
 from .cw import CW, CWLinf
 from .deepfool import DeepFool
 from .difgsm import DIFGSM, input_diversity
-from .ensemble import Ensemble
+from .ensemble import Ensemble, hold_one_out
 from .fab import FAB, FABL2
 from .fgsm import FGSM
 from .mifgsm import MIFGSM
@@ -23,4 +23,4 @@ __all__ = ["AutoAttack", "APGD", "APGDL2", "APGDT", "APGDTL2",
            "CW", "CWLinf", "DeepFool", "FAB", "FABL2", "Square", "SquareL2",
            "Attack", "BIM", "BudgetError", "DIFGSM", "DIM", "DIMTI", "Ensemble", "FFF", "FGSM", "GAP", "GradientAttack",
            "IFGSM", "MIDIFGSM", "MIDITIFGSM", "MIFGSM", "PGD", "PGDL2", "RFGSM", "SPGD", "SSP", "TIFGSM", "ThreatModel",
-           "UAP", "UniversalAttack", "frozen_eval", "input_diversity", "ti_kernel"]
+           "UAP", "UniversalAttack", "frozen_eval", "hold_one_out", "input_diversity", "ti_kernel"]

@@ -47,3 +47,14 @@ class Ensemble(nn.Module):
 
     def extra_repr(self) -> str:
         return "weights=(" + ", ".join(f"{w:.3g}" for w in self.weights) + ")"
+
+
+def hold_one_out(models: dict[str, nn.Module]) -> dict[str, Ensemble]:
+    """For each model, the equal-weight logit ensemble of all the *other* models, named ``a+b`` (the transfer
+    sources of NRP Table 5: attack from the rest, test on the held-out one). Fewer than two models → {}."""
+    out = {}
+    for held_out in models:
+        rest = [n for n in models if n != held_out]
+        if rest:
+            out["+".join(rest)] = Ensemble([models[n] for n in rest])
+    return out

@@ -9,6 +9,7 @@ from typing import Any
 from ..attacks.base import grid_attacks
 from ..data import load_dataset
 from ..errors import AdvshieldError
+from ..models.specs import short_name
 from ..registry import ATTACKS, DEFENSES
 from ..utils import pick_device
 from .common import (
@@ -94,11 +95,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_model_flags(p, adapt=False)
     add_grid_flags(p, n_default=None)
     p.set_defaults(run=run)
-
-
-def short_name(spec: str) -> str:
-    """A model's name in reports: ``zoo:fmnist-vgg`` → ``fmnist-vgg``; other specs as given."""
-    return spec.split(":", 1)[1] if spec.startswith(("zoo:", "torchvision:", "timm:")) else spec
 
 
 def load_named(specs: list[str], args: argparse.Namespace | None = None, flag: str = "--models") -> dict:

@@ -68,6 +68,22 @@ def load_model(spec: str, kinds: tuple[str, ...] = CLASSIFIER_KINDS, *, mean: Se
     return model
 
 
+def short_name(spec: str) -> str:
+    """A model's name in reports: ``zoo:fmnist-vgg`` → ``fmnist-vgg``; other specs as given."""
+    return spec.split(":", 1)[1] if spec.startswith(("zoo:", "torchvision:", "timm:")) else spec
+
+
+def load_models(specs: Sequence[str], flag: str = "--models", **kw: Any) -> dict[str, nn.Module]:
+    """{short name → :func:`load_model` (spec, ``**kw``)} for several specs; a spec given twice is refused."""
+    models: dict[str, nn.Module] = {}
+    for spec in specs:
+        name = short_name(spec)
+        if name in models:
+            raise ModelError(f"{flag}: {spec} is given twice")
+        models[name] = load_model(spec, **kw)
+    return models
+
+
 def _load_base(spec: str, kinds: tuple[str, ...]) -> tuple[nn.Module, Norm]:
     """(model, default (mean, std)) for a spec without its query."""
     none: Norm = (None, None)
