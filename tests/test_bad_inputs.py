@@ -209,16 +209,17 @@ def test_json_is_strict(tmp_path):
     json.loads((tmp_path / "r.json").read_text(), parse_constant=lambda c: pytest.fail(f"bare {c}"))
 
 
-def test_grid_report_json_is_strict(tmp_path, monkeypatch):
-    from advshield.eval import grid
+def test_grid_report_json_is_strict(tmp_path):
+    from advshield.eval.results import save_results
 
     class Res:
+        examples: dict = {}
+
         def to_json(self):
             return {"rows": [{"accuracy": float("nan")}]}
 
         def flags(self):
             return {}
 
-    monkeypatch.setattr("advshield.report.tables.grid_report", lambda res, title, notes: "# r\n")
-    paths = grid.save_results(Res(), tmp_path / "o", "t")
+    paths = save_results(Res(), tmp_path / "o")
     assert json.loads(paths["json"].read_text()) == {"rows": [{"accuracy": None}]}

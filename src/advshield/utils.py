@@ -129,3 +129,13 @@ def pick_device(name: str = "auto") -> torch.device:
             return torch.device("mps")
         return torch.device("cpu")
     return torch.device(name)
+
+
+def machine_line() -> str:
+    """``x86_64, 2 CPU cores, 2 threads`` (+ the CUDA device when there is one): where the numbers were taken."""
+    import os
+    import platform
+
+    gpu = f", {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""
+    return (f"{platform.machine()}, {os.cpu_count()} CPU cores, {torch.get_num_threads()} threads{gpu}, "
+            f"{platform.system()}")

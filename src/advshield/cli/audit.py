@@ -62,12 +62,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import torch
-    from safetensors.torch import save_file
 
     from ..eval.audit import audit
     from ..eval.preflight import accuracy_lines, clean_accuracy, label_by_model
     from ..models.domain import adapt_channels, check_domain, input_domain
-    from ..utils import atomic_path, pick_device, write_json, write_text
+    from ..report.write import write_audit_report
+    from ..utils import pick_device
     from .common import open_model
     from .eval import load_data, print_lines
 
@@ -107,13 +107,16 @@ def run(args: argparse.Namespace) -> int:
         raise AdvshieldError(f"--defense {args.defense}: {e}" if defense is not None else str(e)) from None
     res.meta.update({"model": args.model, "defense": args.defense, "data": args.data, "command": command_line(),
                      "torch": torch.__version__, "device": str(device)})
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "audit.json", res.to_json())
-    write_text(out / "audit.md", res.to_markdown(f"advshield audit: {args.defense} + {args.model}"))
-    with atomic_path(out / "flags.safetensors") as tmp:
-        save_file({k: v.to(torch.uint8).contiguous() for k, v in
-                   {"robust": res.robust, **{f"mode{i}": t for i, t in enumerate(res.per_sample.values())}}.items()},
-                  str(tmp), metadata={f"mode{i}": k for i, k in enumerate(res.per_sample)})
-    print(res.to_markdown(f"advshield audit: {args.defense} + {args.model}"))
-    print(f"wrote {out / 'audit.md'}, {out / 'audit.json'} and {out / 'flags.safetensors'}")
+    classes = getattr(data, "classes", None)
+    if isinstance(classes, (list, tuple)) and all(isinstance(c, str) for c in classes):
+        res.meta["classes"] = list(classes)
+    title = f"advshield audit: {args.defense} + {args.model}"
+    markdown = res.to_markdown(title)
+    flags = {"robust": res.robust, **{f"mode{i}": t for i, t in enumerate(res.per_sample.values())}}
+    paths = write_audit_report(res.to_json(), markdown, {k: v.to(torch.uint8) for k, v in flags.items()}, out,
+                               title, res.meta["command"], res.examples,
+                               {f"mode{i}": k for i, k in enumerate(res.per_sample)})
+    print(markdown)
+    print(f"wrote {paths['html']} (open it in a browser), {paths['markdown']}, {paths['json']} and "
+          f"{paths['flags']}")
     return 0

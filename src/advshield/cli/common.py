@@ -105,6 +105,17 @@ def finite_pixels(value: str) -> float:
     return _finite(value) / 255.0
 
 
+def budget_list(value: str) -> list[float]:
+    """Comma-separated L∞ budgets in 0-255 pixel units (``8,16,25.5``) → [0,1] units, each as :func:`budget_pixels`,
+    at most 16 of them."""
+    items = [v.strip() for v in value.split(",") if v.strip()]
+    if not items:
+        raise argparse.ArgumentTypeError(f"needs at least one comma-separated budget, not {value!r}")
+    if len(items) > 16:
+        raise argparse.ArgumentTypeError(f"at most 16 budgets, not {len(items)}")
+    return [budget_pixels(v) for v in items]
+
+
 def pixels(value: str) -> float:
     """Former name of :func:`norm_budget_pixels` (kept for ``default=pixels("16")``): finite, > 0 → v / 255."""
     return norm_budget_pixels(value)
@@ -135,10 +146,10 @@ def non_negative_int(value: str) -> int:
     return _int_in(value, 0)
 
 
-def int_at_most(maximum: int) -> Callable[[str], int]:
-    """A ``type=`` for an integer in [1, maximum]: sizes and widths that allocate memory in proportion."""
+def int_at_most(maximum: int, minimum: int = 1) -> Callable[[str], int]:
+    """A ``type=`` for an integer in [minimum, maximum]: sizes and widths that allocate memory in proportion."""
     def parse(value: str) -> int:
-        return _int_in(value, 1, maximum)
+        return _int_in(value, minimum, maximum)
 
     parse.__name__ = f"int_at_most_{maximum}"
     return parse

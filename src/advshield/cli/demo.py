@@ -14,13 +14,14 @@ from ..models.zoo import zoo_cards
 from ..registry import ATTACKS
 from ..utils import pick_device
 from .common import apply_runtime, check_names, command_line, csv_list, positive_int
-from .eval import adaptive_attacks, add_grid_flags, cli_reason, pick_defenses
+from .eval import adaptive_attacks, add_grid_flags, cli_reason, pick_defenses, print_report
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="run the transfer grid on Fashion-MNIST with the zoo models",
                        description="Every zoo classifier of Fashion-MNIST crafts every registered attack; every "
-                       "defended zoo classifier is evaluated on them. Writes OUT/report.md and OUT/report.json.")
+                       "defended zoo classifier is evaluated on them. Writes OUT/report.html (open it in a browser), "
+                       "OUT/report.md, OUT/report.json and OUT/flags.safetensors.")
     p.add_argument("--out", default="demo-out", help="output directory (default demo-out)")
     p.add_argument("--models", type=csv_list, default=None,
                    help="zoo names to use (default: every plain Fashion-MNIST classifier in the zoo, not the FRU "
@@ -33,7 +34,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..eval.grid import evaluate, save_results
+    from ..eval.grid import evaluate
 
     t0 = time.time()
     apply_runtime(args)
@@ -51,7 +52,8 @@ def run(args: argparse.Namespace) -> int:
     data = load_dataset("fashion-mnist", "test", args.data_root).subset(args.n)
     res = evaluate(models, data, attacks, defenses, args.eps, args.eps_l2, args.batch_size, args.seed,
                    pick_device(args.device), overrides={"ssp": {"steps": args.ssp_steps}}, adaptive=args.adaptive,
-                   adaptive_attacks=adaptive_attacks(args, attacks), eot=args.eot, draws=args.draws)
+                   adaptive_attacks=adaptive_attacks(args, attacks), eot=args.eot, draws=args.draws,
+                   examples=args.examples, eps_sweep=args.eps_sweep)
     res.meta["command"] = command_line()
     res.meta["total_s"] = round(time.time() - t0, 1)
     notes = [f"Budget: L∞ {args.eps:.4f} ({args.eps * 255:g}/255), L2 {args.eps_l2:.3f}; iterative attacks: "
@@ -62,10 +64,6 @@ def run(args: argparse.Namespace) -> int:
              f"Adaptive: {', '.join(adaptive_attacks(args, attacks)) or 'none'} crafted on every defended target "
              f"({', '.join(args.adaptive) or 'no mode'}; EOT {args.eot}, worst of {args.draws} draws for randomized "
              "defenses) — the headline worst case."]
-    paths = save_results(res, args.out, f"advshield demo: transfer grid on {data.name}", notes)
-    text = paths["markdown"].read_text()
-    start = text.index("## Clean accuracy")
-    end = text.index("## All metrics")
-    print(text[start:end].rstrip())
-    print(f"\nwrote {paths['markdown']} and {paths['json']} in {time.time() - t0:.1f} s")
+    print_report(res, args.out, f"advshield demo: transfer grid on {data.name}", notes)
+    print(f"done in {time.time() - t0:.1f} s")
     return 0

@@ -19,11 +19,13 @@ from .common import (
     add_size_flag,
     apply_runtime,
     batch_int,
+    budget_list,
     budget_pixels,
     check_names,
     check_norm_flags,
     command_line,
     csv_list,
+    int_at_most,
     norm_budget_pixels,
     open_model,
     pixels,
@@ -73,13 +75,19 @@ def add_grid_flags(p: argparse.ArgumentParser, n_default: int | None, eot: int =
                    help=f"gradient samples per step against randomized defenses (default {eot})")
     p.add_argument("--draws", type=positive_int, default=draws,
                    help=f"predictions per sample behind a randomized defense; the worst counts (default {draws})")
+    p.add_argument("--eps-sweep", type=budget_list, default=None, metavar="EPS,EPS,...",
+                   help="also run the grid at these L∞ budgets (0-255 units, e.g. 8,16,25.5,32) for the report's "
+                   "robust-accuracy-versus-eps curves (each budget costs one more grid run)")
+    p.add_argument("--examples", type=int_at_most(64, minimum=0), default=4, metavar="K",
+                   help="samples shown as images in report.html (seeded choice, default 4)")
     add_runtime_flags(p)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="evaluate attacks × defenses × models on a dataset",
                        description="Craft each attack once per source model, then classify with every defended "
-                       "target. Writes OUT/report.md, OUT/report.json and OUT/flags.safetensors.")
+                       "target. Writes OUT/report.html (open it in a browser), OUT/report.md, OUT/report.json, "
+                       "OUT/flags.safetensors and OUT/examples.safetensors.")
     p.add_argument("--models", type=csv_list, required=True, help="comma-separated model specs (zoo:NAME, ...)")
     p.add_argument("--sources", type=csv_list, default=None,
                    help="models that craft the attacks (default: the --models themselves)")
@@ -210,7 +218,7 @@ def print_lines(lines: list[str]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..eval.grid import evaluate, save_results
+    from ..eval.grid import evaluate
     from ..eval.preflight import accuracy_lines, clean_accuracy, label_by_model
 
     apply_runtime(args)
@@ -252,11 +260,21 @@ def run(args: argparse.Namespace) -> int:
     res = evaluate(models, data, attacks, defenses, args.eps, args.eps_l2, args.batch_size, args.seed,
                    device, sources=sources, cache_dir=args.cache_dir,
                    perturbations=perturbations, baselines=baselines, adaptive=args.adaptive,
-                   adaptive_attacks=adaptive_attacks(args, attacks), eot=args.eot, draws=args.draws)
+                   adaptive_attacks=adaptive_attacks(args, attacks), eot=args.eot, draws=args.draws,
+                   examples=args.examples, eps_sweep=args.eps_sweep)
     res.meta["command"] = command_line()
     res.meta["labels"] = labels_meta
     res.meta["left_out_defenses"] = left
-    paths = save_results(res, args.out, f"advshield eval on {data.name}")
-    print(paths["markdown"].read_text())
-    print(f"wrote {paths['markdown']} and {paths['json']}")
+    print_report(res, args.out, f"advshield eval on {data.name}")
     return 0
+
+
+def print_report(res: Any, out: str, title: str, notes: list[str] | None = None) -> None:
+    """Write the reports of ``res`` into ``out`` and print the short summary and where they are."""
+    from ..report.tables import summary_table
+    from ..report.write import write_report
+
+    paths = write_report(res, out, title, notes or [], res.meta.get("command"))
+    print(summary_table(res))
+    print(f"\nreport: {paths['html']} (open it in a browser); also {paths['markdown'].name}, "
+          f"{paths['json'].name}, {paths['flags'].name} in {paths['html'].parent}")

@@ -43,7 +43,7 @@ class Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     from .. import __version__
-    from . import attack, audit, data, demo, listing, purify, train, universal, zoo  # noqa: F401  (each adds its sub-commands)
+    from . import attack, audit, data, demo, listing, purify, report, train, universal, zoo  # noqa: F401, E501
     from . import eval as eval_cmd
 
     parser = Parser(prog="advshield", description="Transferable adversarial attacks, purifier "
@@ -51,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "command line eps and step sizes are in 0-255 pixel units.")
     parser.add_argument("--version", action="version", version=f"advshield {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=Parser)
-    for module in (demo, eval_cmd, audit, attack, universal, purify, train, zoo, listing, data):
+    for module in (demo, eval_cmd, audit, report, attack, universal, purify, train, zoo, listing, data):
         module.add_parser(sub)
     return parser
 

@@ -39,6 +39,7 @@ from ..checks import check_eps, check_images, check_labels, check_steps
 from ..defenses.base import Defense
 from ..defenses.purifier import defend
 from ..errors import AdvshieldError
+from .engine import shrink
 
 VERSIONS = ("auto", "quick")
 ZERO_GRAD_SHARE = 0.5  # more samples than this with an all-zero input gradient: the defense masks gradients
@@ -59,6 +60,8 @@ class AuditResult:
     per_sample: dict[str, torch.Tensor] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     meta: dict[str, Any] = field(default_factory=dict)
+    # a few seeded samples for the report: "index", "labels", "clean" (k×C×H×W), "adv/MODE", "pred/MODE"
+    examples: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         """JSON-ready summary (no per-sample tensors: see :attr:`per_sample`)."""
@@ -164,14 +167,16 @@ def _attack(make: Callable[[], Any], x: torch.Tensor, y: torch.Tensor, todo: tor
 def audit(model: nn.Module, defense: Any, x: torch.Tensor, y: torch.Tensor, eps: float, norm: str = "linf",
           version: str = "auto", *, steps: int | None = None, eot: int = 20, draws: int = 10,
           n_queries: int | None = None, seed: int = 0, batch_size: int = 250, adapt_channels: bool = False,
-          device: str | torch.device = "cpu", log: Callable[[str], None] | None = None) -> AuditResult:
+          device: str | torch.device = "cpu", examples: int = 4,
+          log: Callable[[str], None] | None = None) -> AuditResult:
     """Audit ``defense`` in front of ``model`` on images ``x`` (N×C×H×W in [0,1]) with labels ``y`` (N int).
 
     ``defense``: a registered name or spec (``"jpeg:quality=50"``, ``"median+jpeg"``), a trained purifier spec, any
     ``nn.Module`` mapping [0,1] images to [0,1] images, or None (the undefended model). ``version``: ``"auto"``
     (APGD 100 steps, Square 1000 queries) or ``"quick"`` (APGD 20 steps, Square 200 queries); ``steps`` /
     ``n_queries`` override. ``eot``: gradient samples per step for a randomized defense (≥ 20 recommended);
-    ``draws``: forward passes each sample is scored over when the defense is randomized."""
+    ``draws``: forward passes each sample is scored over when the defense is randomized. ``examples``: samples
+    (seeded choice) kept as images per threat model for the report (:attr:`AuditResult.examples`)."""
     t0 = time.time()
     say = log or (lambda s: None)
     if version not in VERSIONS:
@@ -329,6 +334,7 @@ def audit(model: nn.Module, defense: Any, x: torch.Tensor, y: torch.Tensor, eps:
         flags.append("not-reproducible")
         notes.append("not-reproducible: the same attack with the same seed gave different images")
 
+    kept = _examples(guarded, x, y, adv_for, examples, seed)
     n = len(x)
     k = int(robust.sum())
     meta = {"eps": eps, "eps_255": round(eps * 255, 4), "norm": norm, "version": version, "steps": steps,
@@ -339,7 +345,25 @@ def audit(model: nn.Module, defense: Any, x: torch.Tensor, y: torch.Tensor, eps:
             "threat_models": list(per_attack)}
     return AuditResult(per_attack["clean"], k / n, float(robust_major.float().mean()), wilson(k, n), per_attack,
                        list(dict.fromkeys(flags)), robust.cpu(), {k2: v.cpu() for k2, v in per_sample.items()}, notes,
-                       meta)
+                       meta, kept)
+
+
+@torch.no_grad()
+def _examples(guarded: nn.Module, x: torch.Tensor, y: torch.Tensor, adv_for: dict[str, torch.Tensor], k: int,
+              seed: int) -> dict[str, torch.Tensor]:
+    """``k`` seeded samples: clean and adversarial images per mode (shrunk for the report) and the defended
+    model's prediction on each (one draw, seeded; the RNG outside is left as it was)."""
+    if k <= 0 or not len(x):
+        return {}
+    rows = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:k].sort().values
+    dev = x.device
+    out = {"index": rows.clone(), "labels": y[rows.to(y.device)].cpu(), "clean": shrink(x[rows.to(dev)]).cpu()}
+    for label, xa in adv_for.items():
+        xr = xa[rows.to(xa.device)]
+        with seeded(seed + 2):
+            out[f"pred/{label}"] = guarded(xr).argmax(1).cpu()
+        out[f"adv/{label}"] = shrink(xr).cpu()
+    return out
 
 
 def _repeat(route: nn.Module, xs: torch.Tensor, ys: torch.Tensor, eps: float, norm: str, steps: int, seed: int,

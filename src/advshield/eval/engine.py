@@ -15,11 +15,11 @@ al.: (defended clean + defended perturbed) / (2 · baseline clean)); e.g. the ba
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import torch
 from torch import nn
@@ -30,111 +30,22 @@ from ..checks import check_number
 from ..defenses.base import Defended
 from ..errors import AdvshieldError
 from ..utils import atomic_path, progress
-from .metrics import accuracy, attack_success_rate, fooling_rate, restoration_accuracy
+from .results import GridResults
 
 AttackFactory = Callable[[nn.Module], Attack]
+EXAMPLE_SIDE = 128  # example images larger than this (either side) are shrunk for the report
+
+
+def shrink(x: torch.Tensor, side: int = EXAMPLE_SIDE) -> torch.Tensor:
+    """N×C×H×W images in [0,1] as kept for a report: the longer side scaled down to ``side`` (area interpolation)
+    when larger, values rounded to 1/255 steps (as stored, so a report rebuilt from the files is the same)."""
+    h, w = x.shape[-2:]
+    if max(h, w) > side:
+        scale = side / max(h, w)
+        x = torch.nn.functional.interpolate(x, size=(max(1, round(h * scale)), max(1, round(w * scale))),
+                                            mode="area")
+    return (x.detach().float().clamp(0, 1) * 255).round() / 255
 ADAPTIVE_MODES = ("full", "bpda")
-
-
-@dataclass
-class GridResults:
-    """Per-sample predictions of one grid run plus the derived metric rows."""
-
-    labels: torch.Tensor
-    base_pred: dict[str, torch.Tensor]  # target -> predictions on clean images, no defense
-    clean_pred: dict[tuple[str, str], torch.Tensor]  # (defense, target) -> clean predictions
-    adv_pred: dict[tuple[str, str, str, str], torch.Tensor]  # (attack, source, defense, target) -> predictions
-    attack_info: dict[str, dict[str, Any]]
-    meta: dict[str, Any] = field(default_factory=dict)
-
-    def rows(self) -> list[dict[str, Any]]:
-        """One dict of metrics per (attack, source, defense, target)."""
-        y = self.labels
-        out = []
-        for (a, s, d, t), adv in self.adv_pred.items():
-            clean = self.clean_pred[(d, t)]
-            base_acc = accuracy(self.base_pred[t], y)
-            clean_acc, rob_acc = accuracy(clean, y), accuracy(adv, y)
-            if s.startswith("adaptive-") or s == "universal":
-                setting = s
-            else:
-                setting = "transfer" if s != t else ("white-box" if d == "none" else "defense-unaware")
-            out.append({
-                "attack": a, "source": s, "defense": d, "target": t, "setting": setting,
-                "n": len(y), "clean_accuracy": clean_acc, "robust_accuracy": rob_acc,
-                "attack_success_rate": attack_success_rate(clean == y, adv == y),
-                "fooling_rate": fooling_rate(clean, adv),
-                "restoration_accuracy": restoration_accuracy(clean_acc, rob_acc, base_acc),
-                "undefended_clean_accuracy": base_acc,
-            })
-        return out
-
-    def worst_case(self) -> list[dict[str, Any]]:
-        """Per (defense, target): the share of samples correct when clean and surviving every attack from every
-        source, under two threat models side by side:
-
-        - ``transfer_worst_case_accuracy``: the attacker ignores the defense (transfer, defense-unaware, universal);
-        - ``adaptive_worst_case_accuracy``: the attacker may also attack the defended model itself (the
-          ``adaptive-*`` cells; for defense ``none``, the white-box cells) — None when no such attack was run.
-
-        ``worst_case_accuracy`` is the headline: the adaptive number when measured, else the transfer one, and
-        ``threat_model`` says which."""
-        y = self.labels
-        out = []
-        for (d, t), clean in self.clean_pred.items():
-            ok_clean = clean == y
-            transfer, everything = ok_clean.clone(), ok_clean.clone()
-            names, adaptive_names = [], []
-            for (a, s, d2, t2), adv in self.adv_pred.items():
-                if (d2, t2) != (d, t):
-                    continue
-                hit = adv == y
-                everything &= hit
-                names.append(f"{a}@{s}")
-                if s.startswith("adaptive-") or (d == "none" and s == t):
-                    adaptive_names.append(f"{a}@{s}")
-                else:
-                    transfer &= hit
-            frac = lambda m: float(m.float().mean()) if len(y) else float("nan")  # noqa: E731
-            adaptive = frac(everything) if adaptive_names else None
-            if adaptive_names:
-                modes = sorted({n.split("@", 1)[1] for n in adaptive_names})
-                threat = "white-box" if d == "none" else "adaptive (" + ", ".join(
-                    m[len("adaptive-"):] for m in modes if m.startswith("adaptive-")) + ")"
-            else:
-                threat = "transfer only (defense-unaware; no adaptive attack run)"
-            out.append({"defense": d, "target": t, "clean_accuracy": accuracy(clean, y),
-                        "transfer_worst_case_accuracy": frac(transfer),
-                        "adaptive_worst_case_accuracy": adaptive,
-                        "worst_case_accuracy": adaptive if adaptive is not None else frac(transfer),
-                        "threat_model": threat, "attacks": names})
-        return out
-
-    def __repr__(self) -> str:
-        """``GridResults(200 images; 2 attacks (fgsm, pgd), 1 source (vgg), 2 defenses (none, jpeg), 1 target;
-        clean accuracy vgg 0.910)``: counts, up to 4 names each, undefended clean accuracy per target."""
-
-        def few(kind: str, names: list[str]) -> str:
-            shown = ", ".join(names[:4]) + (", ..." if len(names) > 4 else "")
-            return f"{len(names)} {kind}{'' if len(names) == 1 else 's'}" + (f" ({shown})" if names else "")
-
-        targets = list(self.base_pred)
-        acc = ", ".join(f"{t} {accuracy(self.clean_pred.get(('none', t), self.base_pred[t]), self.labels):.3f}"
-                        for t in targets)
-        parts = [few("attack", list(dict.fromkeys(k[0] for k in self.adv_pred))),
-                 few("source", list(dict.fromkeys(k[1] for k in self.adv_pred))),
-                 few("defense", list(dict.fromkeys(k[0] for k in self.clean_pred))), few("target", targets)]
-        return f"GridResults({len(self.labels)} images; {', '.join(parts)}; clean accuracy {acc or '-'})"
-
-    def to_json(self) -> dict[str, Any]:
-        return {"meta": self.meta, "attacks": self.attack_info, "rows": self.rows(), "worst_case": self.worst_case()}
-
-    def flags(self) -> dict[str, torch.Tensor]:
-        """Per-sample predictions, keyed for ``torch.save``/npz (labels, clean/…, adv/…)."""
-        f = {"labels": self.labels}
-        f.update({f"clean/{d}/{t}": p for (d, t), p in self.clean_pred.items()})
-        f.update({f"adv/{a}/{s}/{d}/{t}": p for (a, s, d, t), p in self.adv_pred.items()})
-        return f
 
 
 class Engine:
@@ -144,7 +55,9 @@ class Engine:
     defenses: name → ``nn.Module`` ([0,1] → [0,1]); ``"none"`` is the identity. Sources default to the targets.
     ``cache_dir``: store each crafted batch there and reuse it on a re-run with the same settings.
     ``perturbations``: name → universal perturbation C×H×W ([0,1] units), added to every image and clamped.
-    ``baselines``: target name → its undefended model (clean accuracy for restoration; default the target)."""
+    ``baselines``: target name → its undefended model (clean accuracy for restoration; default the target).
+    ``examples``: keep that many samples of the first batch (seeded choice) as images for the report: clean,
+    adversarial per (attack, source) and each defense's output (see :attr:`GridResults.examples`)."""
 
     def __init__(self, targets: dict[str, nn.Module], attacks: dict[str, AttackFactory],
                  defenses: dict[str, nn.Module] | None = None, sources: dict[str, nn.Module] | None = None,
@@ -152,7 +65,7 @@ class Engine:
                  adaptive: Sequence[str] = (), eot: int = 1, log: Callable[[str], None] | None = None,
                  perturbations: dict[str, torch.Tensor] | None = None,
                  baselines: dict[str, nn.Module] | None = None, adaptive_attacks: Sequence[str] | None = None,
-                 draws: int = 1) -> None:
+                 draws: int = 1, examples: int = 0) -> None:
         from ..defenses.base import Identity
 
         self.targets = targets
@@ -169,6 +82,8 @@ class Engine:
         self.adaptive = tuple(adaptive)
         self.eot = int(check_number(eot, "eot", low=1, integer=True))
         self.draws = int(check_number(draws, "draws", low=1, integer=True))
+        self.n_examples = int(check_number(examples, "examples", low=0, integer=True))
+        self.examples: dict[str, torch.Tensor] = {}
         self.adaptive_attacks = tuple(attacks if adaptive_attacks is None else adaptive_attacks)
         unknown = [a for a in self.adaptive_attacks if a not in attacks]
         if unknown:
@@ -309,16 +224,24 @@ class Engine:
                     base[t].append(m(x).argmax(1).cpu())
             for k, p in self._classify(x, y).items():
                 clean[k].append(p)
+            keep = self._example_rows(len(x)) if start == 0 else None
+            if keep is not None:
+                self._keep(keep, x, "clean", list(self.defenses))
             for a in self.attacks:
                 for s in self.sources:
-                    for (d, t), p in self._classify(self._craft(a, s, x, y, start), y).items():
+                    x_adv = self._craft(a, s, x, y, start)
+                    for (d, t), p in self._classify(x_adv, y).items():
                         adv[(a, s, d, t)].append(p)
+                    if keep is not None:
+                        self._keep(keep, x_adv, f"{a}/{s}", list(self.defenses))
                 if a not in self.adaptive_attacks:
                     continue
                 for mode, d, t in self._adaptive_cells():
                     x_adv = self._craft(a, f"adaptive-{mode}|{d}|{t}", x, y, start)
                     p = self._classify_one(d, t, x_adv, y)
                     adv.setdefault((a, f"adaptive-{mode}", d, t), []).append(p)
+                    if keep is not None:
+                        self._keep(keep, x_adv, f"{a}/adaptive-{mode}|{d}|{t}", [d])
             for p, delta in self.perturbations.items():
                 if delta.shape != x.shape[1:]:
                     raise AdvshieldError(f"perturbations: {p!r} is {tuple(delta.shape)}, images are "
@@ -334,6 +257,8 @@ class Engine:
         for p, delta in self.perturbations.items():
             info[p] = {"universal": f"universal perturbation (L∞ {float(delta.abs().max()):.4g}, "
                                     f"L2 {float(delta.norm()):.4g})"}
+        self.examples.update({f"universal/{p}": delta.cpu().half().float()  # as stored (float16)
+                              for p, delta in self.perturbations.items() if self.examples})
         res = GridResults(cat(ys), {k: cat(v) for k, v in base.items()}, {k: cat(v) for k, v in clean.items()},
                           {k: cat(v) for k, v in adv.items()}, info,
                           meta={"n": start, "seed": self.seed, "device": str(self.device),
@@ -342,5 +267,28 @@ class Engine:
                                 "eot": self.eot, "draws": self.draws, "notes": list(self.notes),
                                 "randomized_defenses": [d for d, r in self.randomized.items() if r],
                                 "non_differentiable_defenses": [d for d, ok in self.differentiable.items()
-                                                                if not ok]})
+                                                                if not ok]},
+                          examples=dict(self.examples))
         return res
+
+    def _example_rows(self, n: int) -> torch.Tensor | None:
+        """Sorted rows of the first batch kept as examples (seeded by the run seed), or None when none are asked."""
+        if not self.n_examples or not n:
+            return None
+        g = torch.Generator().manual_seed(self.seed)
+        rows = torch.randperm(n, generator=g)[: self.n_examples].sort().values
+        self.examples["index"] = rows.clone()
+        return rows
+
+    @torch.no_grad()
+    def _keep(self, rows: torch.Tensor, x: torch.Tensor, name: str, defenses: list[str]) -> None:
+        """Store ``x[rows]`` (as "clean" or "adv/NAME") and each listed defense's output on it ("out/D/NAME"),
+        shrunk to at most :data:`EXAMPLE_SIDE` pixels a side (area interpolation) to keep reports small. A copy of
+        each defense runs under a forked RNG, so keeping examples never changes the draws the metrics see."""
+        xr = x[rows.to(x.device)]
+        self.examples["clean" if name == "clean" else f"adv/{name}"] = shrink(xr).cpu()
+        devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+        for d in defenses:
+            if d != "none":
+                with torch.random.fork_rng(devices=devices):
+                    self.examples[f"out/{d}/{name}"] = shrink(copy.deepcopy(self.defenses[d])(xr)).cpu()

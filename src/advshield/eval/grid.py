@@ -1,4 +1,4 @@
-"""Build an :class:`Engine` from registry names and write its results (Markdown, JSON, per-sample flags).
+"""Build an :class:`Engine` from registry names and run it (:func:`evaluate`); results in :mod:`.results`.
 
 :func:`evaluate` takes the data as tensors, a dataset or a loader, the models as a dict or one module, the defenses as
 names, spec strings or modules, and checks all of it up front (one-line :class:`~advshield.errors.AdvshieldError`)."""
@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
 import torch
-from safetensors.torch import save_file
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
@@ -19,7 +18,7 @@ from ..data.tensors import TensorDataset
 from ..defenses.base import build_defense
 from ..errors import AdvshieldError
 from ..registry import ATTACKS
-from ..utils import atomic_path, to_json_text, write_text
+from ..utils import machine_line
 from .engine import AttackFactory, Engine, GridResults
 
 
@@ -157,7 +156,8 @@ def evaluate(models: dict[str, nn.Module] | nn.Module, data: Any, attacks: Seque
              overrides: dict[str, dict[str, Any]] | None = None,
              perturbations: dict[str, torch.Tensor] | None = None,
              baselines: dict[str, nn.Module] | None = None, adaptive: Sequence[str] | str = (),
-             adaptive_attacks: Sequence[str] | None = None, eot: int = 1, draws: int = 1) -> GridResults:
+             adaptive_attacks: Sequence[str] | None = None, eot: int = 1, draws: int = 1, examples: int = 0,
+             eps_sweep: Sequence[float] | None = None) -> GridResults:
     """Run the attack × source × defense × target grid on ``data`` (streamed in batches).
 
     ``models``: dict name → classifier ([0,1] N×C×H×W → logits) or one module (named "model"). ``data``: see
@@ -169,7 +169,9 @@ def evaluate(models: dict[str, nn.Module] | nn.Module, data: Any, attacks: Seque
     ``adaptive_attacks`` (default all) are also crafted on each defended target itself, with exact gradients through
     the defense (skipped, with a note, for a defense autograd cannot go through) or through its BPDA substitute;
     ``eot`` gradient samples per step and the worst of ``draws`` predictions for randomized defenses (detected).
-    Bad arguments raise a one-line :class:`AdvshieldError`."""
+    ``examples``: keep that many samples (seeded) as images for the report. ``eps_sweep``: L∞ budgets ([0,1]
+    units) at which the grid is run again; their worst cases go to ``meta["eps_sweep"]`` (robust accuracy versus
+    eps; ``eps_l2`` attacks keep their radius). Bad arguments raise a one-line :class:`AdvshieldError`."""
     models = named_models(models, "models")
     sources = None if sources is None else named_models(sources, "sources", "source")
     eps = check_eps(eps, "eps")
@@ -182,29 +184,29 @@ def evaluate(models: dict[str, nn.Module] | nn.Module, data: Any, attacks: Seque
     overrides = overrides or {}
     adaptive = [m.strip() for m in adaptive.split(",") if m.strip()] if isinstance(adaptive, str) else list(adaptive)
     factories = {a: attack_factory(a, eps, eps_l2, **overrides.get(a, {})) for a in attacks}
-    batches, total, name = data_batches(data, batch_size)
-    engine = Engine(targets=models, sources=sources, attacks=factories, defenses=build_defenses(defenses, seed),
-                    seed=seed, device=device, cache_dir=cache_dir, perturbations=perturbations, baselines=baselines,
-                    adaptive=adaptive, adaptive_attacks=adaptive_attacks, eot=eot, draws=draws)
+    sweep = sorted({check_eps(e, "eps_sweep") for e in (eps_sweep or [])} | ({eps} if eps_sweep else set()))
+    built = build_defenses(defenses, seed)
     crafting = {**models, **(sources or {})}
-    res = engine.run(checked_batches(batches, crafting, engine.device), total=total)
+
+    def run(e: float, n_examples: int) -> GridResults:
+        batches, total, _ = data_batches(data, batch_size)
+        fac = factories if e == eps else {a: attack_factory(a, e, eps_l2, **overrides.get(a, {})) for a in attacks}
+        engine = Engine(targets=models, sources=sources, attacks=fac, defenses=built, seed=seed, device=device,
+                        cache_dir=cache_dir, perturbations=perturbations, baselines=baselines, adaptive=adaptive,
+                        adaptive_attacks=adaptive_attacks, eot=eot, draws=draws, examples=n_examples)
+        return engine.run(checked_batches(batches, crafting, engine.device), total=total)
+
+    res = run(eps, examples)
+    if sweep:
+        res.meta["eps_sweep"] = [{"eps": e, "eps_255": round(e * 255, 4),
+                                  "worst_case": (res if e == eps else run(e, 0)).worst_case()} for e in sweep]
     if isinstance(data, DataLoader):
         batch_size = data.batch_size
-    res.meta.update({"dataset": name, "eps": eps, "eps_255": round(eps * 255, 4), "eps_l2": eps_l2,
-                     "batch_size": batch_size, "overrides": overrides, "torch": torch.__version__,
-                     "python": platform.python_version()})
+    res.meta.update({"dataset": data_batches(data, batch_size)[2], "eps": eps, "eps_255": round(eps * 255, 4),
+                     "eps_l2": eps_l2, "batch_size": batch_size, "overrides": overrides, "torch": torch.__version__,
+                     "python": platform.python_version(), "machine": machine_line()})
+    classes = getattr(data, "classes", None) or getattr(getattr(data, "dataset", None), "classes", None)
+    if isinstance(classes, (list, tuple)) and all(isinstance(c, str) for c in classes):
+        res.meta["classes"] = list(classes)
     return res
 
-
-def save_results(res: GridResults, out_dir: str | Path, title: str, notes: Sequence[str] = ()) -> dict[str, Path]:
-    """Write ``report.md``, ``report.json`` and ``flags.safetensors`` (per-sample predictions) atomically."""
-    from ..report.tables import grid_report
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = {"markdown": out / "report.md", "json": out / "report.json", "flags": out / "flags.safetensors"}
-    write_text(paths["json"], to_json_text(res.to_json()))
-    with atomic_path(paths["flags"]) as tmp:
-        save_file({k: v.contiguous() for k, v in res.flags().items()}, str(tmp))
-    write_text(paths["markdown"], grid_report(res, title, notes))
-    return paths

@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 from typing import Any, Sequence
 
-from ..eval.engine import GridResults
+from ..eval.results import GridResults
 
 
 def _fmt(v: Any, pct: bool = False) -> str:
@@ -95,3 +95,30 @@ def grid_report(res: GridResults, title: str = "advshield evaluation", notes: Se
                              _fmt(r["restoration_accuracy"])] for r in rows]), ""]
     out += ["## Attacks", ""] + [f"- `{a}`: {', '.join(sorted(set(v.values())))}" for a, v in res.attack_info.items()]
     return "\n".join(out) + "\n"
+
+
+def ordered_defenses(res: GridResults) -> list[str]:
+    """The grid's defenses, ``none`` (the undefended reference) first, the others in run order."""
+    names = list(dict.fromkeys(d for d, _ in res.clean_pred))
+    return (["none"] if "none" in names else []) + [d for d in names if d != "none"]
+
+
+def summary_table(res: GridResults) -> str:
+    """The terminal summary: one row per defense (``none`` first), per target "clean → headline worst case" in %,
+    the headline being the adaptive worst case where measured (marked ``*`` when only the transfer one is)."""
+    worst = {(r["defense"], r["target"]): r for r in res.worst_case()}
+    targets = list(res.base_pred)
+    defenses = ordered_defenses(res)
+
+    def cell(d: str, t: str) -> str:
+        w = worst[(d, t)]
+        star = "" if w["adaptive_worst_case_accuracy"] is not None else "*"
+        return f"{100 * w['clean_accuracy']:.1f} → {100 * w['worst_case_accuracy']:.1f}{star}"
+
+    table = markdown_table(["defense"] + targets, [[d] + [cell(d, t) for t in targets] for d in defenses])
+    adaptive = res.meta.get("adaptive") or []
+    key = ("clean → worst case (%), adaptive: " + ", ".join(adaptive) if adaptive else
+           "clean → worst case (%), transfer only")
+    note = "; * = defense-unaware only (no adaptive attack reached it)" if any(
+        worst[k]["adaptive_worst_case_accuracy"] is None for k in worst if k[0] != "none") else ""
+    return f"{key}{note}\n{table}"
