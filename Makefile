@@ -9,7 +9,7 @@ STAMP    := $(VENV)/.installed
 FMNIST   := /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz
 DEMO_OUT ?= demo-out
 
-.PHONY: demo test install data wheel clean
+.PHONY: demo test install data browser wheel clean
 
 install: $(STAMP)
 
@@ -29,10 +29,19 @@ data:
 		|| echo "note: could not install dataset-fashion-mnist; advshield will download Fashion-MNIST"; \
 	fi
 
+# Chromium for the report's browser test (tests/test_report_html.py), from Debian when apt is there; the test
+# is skipped with its reason otherwise.
+browser:
+	@if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then \
+		if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO="sudo -n"; fi; \
+		($$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium) >/dev/null 2>&1 \
+		|| echo "note: could not install chromium; the report's browser test will be skipped"; \
+	fi
+
 demo: install data
 	$(VENV)/bin/advshield demo --out $(DEMO_OUT)
 
-test: install data
+test: install data browser
 	$(PY) -m pytest -q tests
 
 # dist/advshield-*.whl, zoo included (package data); a clean build/ so no stale module leaks in

@@ -9,13 +9,16 @@ Run: .venv/bin/python benchmarks/audit.py [--n 500] [--version auto] [--eot 20] 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import torch
-from _results import audit_cached, machine, update_section
+from _results import RESULTS, audit_cached, machine, update_section
 
 import advshield
 from advshield.data import load_dataset
 from advshield.registry import DEFENSES
+from advshield.report.html import audit_html
+from advshield.utils import write_text
 
 MODELS = ("fmnist-lenet", "fmnist-vgg", "fmnist-resnet")
 
@@ -79,6 +82,8 @@ def main() -> None:
     p.add_argument("--defenses", default=",".join(DEFENSES.names()))
     p.add_argument("--cache", default=".cache/audit")
     p.add_argument("--render-only", action="store_true", help="write the section from the cached cells only")
+    p.add_argument("--results", type=Path, default=RESULTS, help="Markdown file to update (default docs/RESULTS.md)")
+    p.add_argument("--html", default=None, metavar="DIR", help="also write DIR/MODEL-DEFENSE.html per audit cell")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     x, y = next(load_dataset("fashion-mnist", "test").subset(args.n).batches(args.n))
@@ -90,12 +95,17 @@ def main() -> None:
         cell = run_cell(args, d, m, x, y, only_cached=args.render_only)
         if cell is not None:
             cells.append(cell)
+            if args.html:
+                Path(args.html).mkdir(parents=True, exist_ok=True)
+                write_text(Path(args.html) / f"{m}-{d}.html",
+                           audit_html(cell, f"advshield audit: {d} + zoo:{m}", command))
             print(f"{d} × {m}: robust {cells[-1]['robust_accuracy']:.3f} flags {cells[-1]['flags']} "
                   f"({cells[-1]['seconds']} s)", flush=True)
         done = {(c["defense"], c["model"]) for c in cells}
         missing = [f"{d2} × {m2}" for d2, m2 in todo[i + 1:] + [(d, m)] if (d2, m2) not in done]
-        update_section("audit", render(cells, args, command, missing))  # after every cell: a stop loses nothing
-    print("wrote the audit section of docs/RESULTS.md")
+        # after every cell: a stop loses nothing
+        update_section("audit", render(cells, args, command, missing), args.results)
+    print(f"wrote the audit section of {args.results}")
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ from advshield.eval.grid import evaluate
 from advshield.models import load_models
 from advshield.registry import ATTACKS
 from advshield.report.tables import markdown_table
+from advshield.report.write import write_report
 from advshield.utils import pick_device
 
 MODELS = "zoo:fmnist-vgg,zoo:fmnist-resnet,zoo:fmnist-lenet"
@@ -75,6 +76,8 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--ssp-source", default="fmnist-vgg", help="model whose SSP transfer is stated in words")
     p.add_argument("--results", type=Path, default=RESULTS, help="Markdown file to update (default docs/RESULTS.md)")
+    p.add_argument("--html", default=None, metavar="DIR",
+                   help="also write DIR/eps-E/report.html (+ its data) for each budget")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -91,10 +94,15 @@ def main() -> None:
         eps = eps_255 / 255
         eps_text = f"L∞ {eps_255:g}/255 = {eps:.4g}"
         t1 = time.time()
-        single = evaluate(models, data, attacks, ["none"], eps, eps, args.batch_size, args.seed, device)
+        single = evaluate(models, data, attacks, ["none"], eps, eps, args.batch_size, args.seed, device,
+                          examples=4 if args.html else 0)
         ens = evaluate(models, data, [ENSEMBLE_ATTACK], ["none"], eps, eps, args.batch_size, args.seed, device,
                        sources=hold_one_out(models))
         table, acc = accuracy_table(single, ens, targets)
+        if args.html:  # the page people look at: heatmaps, image grids (report.html next to its data)
+            single.meta["command"] = "python benchmarks/transfer.py " + " ".join(map(shlex.quote, sys.argv[1:]))
+            out = Path(args.html) / f"eps-{eps_255:g}"
+            print(f"wrote {write_report(single, out, f'Transfer table, {eps_text}')['html']}", file=sys.stderr)
         clean = {r["target"]: r["clean_accuracy"] for r in single.rows()}
         sections += [f"### {eps_text}", "", table, "",
                      ssp_sentence(acc, clean, args.ssp_source, eps_text), "",
