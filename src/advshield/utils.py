@@ -139,3 +139,11 @@ def machine_line() -> str:
     gpu = f", {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""
     return (f"{platform.machine()}, {os.cpu_count()} CPU cores, {torch.get_num_threads()} threads{gpu}, "
             f"{platform.system()}")
+
+
+def mix(*parts: int | str) -> int:
+    """A seed in [0, 2**63) derived from ``parts`` (SHA-256): independent streams per (seed, index, ...)."""
+    import hashlib
+
+    h = hashlib.sha256("/".join(str(p) for p in parts).encode()).digest()
+    return int.from_bytes(h[:8], "little") & ((1 << 63) - 1)

@@ -36,7 +36,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", default="fashion-mnist", help="fashion-mnist, mnist, cifar10 or an image folder")
     p.add_argument("--data-root", default=None, help="directory holding the dataset files")
     p.add_argument("--split", default="test", choices=["train", "test"])
-    p.add_argument("--n", type=positive_int, default=1000, help="number of images (default 1000)")
+    p.add_argument("--n", "--n-images", dest="n", type=positive_int, default=1000,
+                   help="number of images (default 1000; spell it --n-images under torchrun, whose own flags "
+                   "--nnodes/--nproc-per-node make --n ambiguous)")
     p.add_argument("--eps", type=norm_budget_pixels, default=pixels("25.5"),
                    help="budget in 0-255 pixel units (default 25.5 = 0.1; L2: over the whole image)")
     p.add_argument("--norm", choices=["linf", "l2"], default="linf", help="budget norm (default linf)")

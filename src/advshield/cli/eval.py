@@ -57,7 +57,9 @@ def add_grid_flags(p: argparse.ArgumentParser, n_default: int | None, eot: int =
                    help="L∞ budget in 0-255 pixel units (default 25.5 = 0.1)")
     p.add_argument("--eps-l2", type=norm_budget_pixels, default=pixels("382.5"),
                    help="L2 budget in 0-255 units over the whole image (default 382.5 = 1.5 in [0,1] units)")
-    p.add_argument("--n", type=positive_int, default=n_default, help="number of images (default %(default)s)")
+    p.add_argument("--n", "--n-images", dest="n", type=positive_int, default=n_default,
+                   help="number of images (default %(default)s; spell it --n-images under torchrun, whose own "
+                   "flags --nnodes/--nproc-per-node make --n ambiguous)")
     p.add_argument("--batch-size", type=batch_int, default=250)
     p.add_argument("--cache-dir", default=None, help="cache crafted batches here and reuse them on a re-run")
     p.add_argument("--adapt-channels", action="store_true",
@@ -213,16 +215,21 @@ def adaptive_attacks(args: argparse.Namespace, attacks: list[str]) -> list[str]:
 
 
 def print_lines(lines: list[str]) -> None:
-    for line in lines:
+    """Notes to stderr, the rest to stdout; only rank 0 prints under torchrun."""
+    from ..eval.distributed import is_main
+
+    for line in lines if is_main() else []:
         print(line, file=sys.stderr if line.startswith("advshield:") else sys.stdout)
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..eval import distributed
     from ..eval.grid import evaluate
     from ..eval.preflight import accuracy_lines, clean_accuracy, label_by_model
 
     apply_runtime(args)
-    device = pick_device(args.device)
+    device = distributed.local_device(pick_device(args.device))
+    distributed.init(device)  # under torchrun: join the process group; batches are sharded across the ranks
     perturbations = load_perturbations(args.perturbations) if args.perturbations else None
     attacks = args.attacks if args.attacks is not None else ([] if perturbations else grid_attacks())
     check_names("attack", attacks, ATTACKS.names())
@@ -270,10 +277,15 @@ def run(args: argparse.Namespace) -> int:
 
 
 def print_report(res: Any, out: str, title: str, notes: list[str] | None = None) -> None:
-    """Write the reports of ``res`` into ``out`` and print the short summary and where they are."""
+    """Write the reports of ``res`` into ``out`` and print the short summary and where they are (rank 0 only
+    under torchrun: the other ranks hold the same gathered results)."""
+    from ..eval.distributed import is_main, world
     from ..report.tables import summary_table
     from ..report.write import write_report
 
+    if not is_main():
+        return
+    res.meta["world_size"] = world()[1]
     paths = write_report(res, out, title, notes or [], res.meta.get("command"))
     print(summary_table(res))
     print(f"\nreport: {paths['html']} (open it in a browser); also {paths['markdown'].name}, "

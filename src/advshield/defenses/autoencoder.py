@@ -25,6 +25,7 @@ from torch import nn
 
 from ..errors import AdvshieldError
 from ..registry import PURIFIERS
+from ..utils import mix
 
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {"gelu": nn.GELU, "relu": nn.ReLU,
                                                    "leaky_relu": lambda: nn.LeakyReLU(0.2)}
@@ -105,12 +106,19 @@ class _SeededNoise:
 
     def __init__(self) -> None:
         self.seed: int | None = None
+        self.stream: int | None = None
         self._gens: dict[str, torch.Generator] = {}
 
     def reseed(self, seed: int | None = None) -> None:
         if seed is not None:
             self.seed = int(seed)
+        self.stream = None
         self._gens.clear()
+
+    def restart(self, stream: int) -> None:
+        """Restart the seeded sequence at the stream (own seed, ``stream``); unseeded: nothing (global RNG)."""
+        self._gens.clear()
+        self.stream = None if self.seed is None else mix(self.seed, stream)
 
     def randn(self, like: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         if generator is not None:
@@ -119,7 +127,8 @@ class _SeededNoise:
         if self.seed is not None:
             key = str(like.device)
             if key not in self._gens:
-                self._gens[key] = torch.Generator(device=like.device).manual_seed(self.seed)
+                start = self.seed if self.stream is None else self.stream
+                self._gens[key] = torch.Generator(device=like.device).manual_seed(start)
             gen = self._gens[key]
         return torch.randn(like.shape, generator=gen, device=like.device, dtype=like.dtype)
 
@@ -134,6 +143,10 @@ class _Coder(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.noise = _SeededNoise()
+
+    def restart_noise(self, stream: int) -> None:
+        """Restart the seeded noise at the stream (own seed, ``stream``); unseeded: nothing (global RNG)."""
+        self.noise.restart(stream)
 
     def seed_noise(self, seed: int | None) -> None:
         """Draw the model's noise from a private generator seeded with ``seed`` (None: torch's global RNG)."""

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from ..registry import PURIFIERS
+from ..utils import mix
 from .base import Defense
 
 
@@ -210,13 +211,20 @@ class DynamicPurifier(Defense):
     def reseed(self) -> None:
         """Restart the seeded noise sequence."""
         self._gens.clear()
+        self._stream = None
+
+    def restart_noise(self, stream: int) -> None:
+        """Restart the seeded noise at the stream (own seed, ``stream``); unseeded: nothing (global RNG)."""
+        self._gens.clear()
+        self._stream = None if self.seed is None else mix(self.seed, stream)
 
     def _generator(self, device: torch.device) -> torch.Generator | None:
         if self.seed is None:
             return None
         key = str(device)
         if key not in self._gens:
-            self._gens[key] = torch.Generator(device=device).manual_seed(int(self.seed))
+            start = getattr(self, "_stream", None)
+            self._gens[key] = torch.Generator(device=device).manual_seed(int(self.seed if start is None else start))
         return self._gens[key]
 
     def noisy(self, x: torch.Tensor) -> torch.Tensor:

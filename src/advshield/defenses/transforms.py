@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from ..checks import check_number
 from ..errors import AdvshieldError
 from ..registry import DEFENSES
+from ..utils import mix
 from .base import Defense
 
 
@@ -160,6 +161,11 @@ class RandomResizePad(_SelfSubstitute):
         self.max_scale = check_number(max_scale, "max_scale", low=1.0, high=8.0)
         self.seed = None if seed is None else int(check_number(seed, "seed", integer=True))
         self.generator = None if seed is None else torch.Generator().manual_seed(int(seed))
+
+    def restart_noise(self, stream: int) -> None:
+        """Restart the seeded draws at the stream (own seed, ``stream``); unseeded: nothing (global RNG)."""
+        if self.generator is not None:
+            self.generator.manual_seed(mix(self.seed, stream))
 
     def _randint(self, low: int, high: int) -> int:
         """Uniform integer in [low, high] (inclusive), drawn on the CPU."""

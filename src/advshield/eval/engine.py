@@ -19,7 +19,7 @@ import copy
 import hashlib
 import time
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import torch
 from torch import nn
@@ -30,6 +30,7 @@ from ..checks import check_number
 from ..defenses.base import Defended
 from ..errors import AdvshieldError
 from ..utils import atomic_path, progress
+from . import distributed
 from .results import GridResults
 
 AttackFactory = Callable[[nn.Module], Attack]
@@ -204,51 +205,33 @@ class Engine:
         return pred
 
     def run(self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], total: int | None = None) -> GridResults:
-        """``batches``: (x N×C×H×W in [0,1], y N int64). Labels drive untargeted attacks."""
-        t0 = time.time()
-        ys: list[torch.Tensor] = []
-        base: dict[str, list[torch.Tensor]] = {t: [] for t in self.targets}
-        pairs = [(d, t) for d in self.defenses for t in self.targets]
-        clean: dict[tuple[str, str], list[torch.Tensor]] = {k: [] for k in pairs}
-        adv: dict[tuple[str, str, str, str], list[torch.Tensor]] = {
-            (a, s, d, t): [] for a in self.attacks for s in self.sources for (d, t) in pairs}
+        """``batches``: (x N×C×H×W in [0,1], y N int64). Labels drive untargeted attacks.
 
-        adv.update({(p, "universal", d, t): [] for p in self.perturbations for (d, t) in pairs})
+        Under torchrun (see :mod:`.distributed`) global batch ``b`` is processed by rank ``b % world`` and the
+        per-sample results are gathered, in order, on every rank. Each batch's randomness (global RNG, seeded
+        defense noise) restarts from the run seed and the batch's start index, so the results are the same for 1
+        and N processes (given the same batch size). Torch's global RNG is restored afterwards."""
+        t0 = time.time()
+        rank, size = distributed.world()
+        parts: list[tuple[int, dict[str, Any]]] = []
         start = 0
-        for x, y in progress(batches, "eval", total=total):
-            x, y = x.to(self.device), y.to(self.device)
-            self._probe(x)
-            ys.append(y.cpu())
-            with torch.no_grad():
-                for t, m in self.baselines.items():
-                    base[t].append(m(x).argmax(1).cpu())
-            for k, p in self._classify(x, y).items():
-                clean[k].append(p)
-            keep = self._example_rows(len(x)) if start == 0 else None
-            if keep is not None:
-                self._keep(keep, x, "clean", list(self.defenses))
-            for a in self.attacks:
-                for s in self.sources:
-                    x_adv = self._craft(a, s, x, y, start)
-                    for (d, t), p in self._classify(x_adv, y).items():
-                        adv[(a, s, d, t)].append(p)
-                    if keep is not None:
-                        self._keep(keep, x_adv, f"{a}/{s}", list(self.defenses))
-                if a not in self.adaptive_attacks:
-                    continue
-                for mode, d, t in self._adaptive_cells():
-                    x_adv = self._craft(a, f"adaptive-{mode}|{d}|{t}", x, y, start)
-                    p = self._classify_one(d, t, x_adv, y)
-                    adv.setdefault((a, f"adaptive-{mode}", d, t), []).append(p)
-                    if keep is not None:
-                        self._keep(keep, x_adv, f"{a}/adaptive-{mode}|{d}|{t}", [d])
-            for p, delta in self.perturbations.items():
-                if delta.shape != x.shape[1:]:
-                    raise AdvshieldError(f"perturbations: {p!r} is {tuple(delta.shape)}, images are "
-                                         f"{tuple(x.shape[1:])}")
-                for k, pred in self._classify((x + delta).clamp(0, 1), y).items():
-                    adv[(p, "universal", *k)].append(pred)
-            start += len(x)
+        devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+        with torch.random.fork_rng(devices=devices):
+            for b, (x, y) in enumerate(progress(batches, "eval", total=total, disable=rank != 0)):
+                if b == 0:
+                    self._probe(x.to(self.device))  # every rank probes the same (first) batch
+                if b % size == rank:
+                    parts.append((b, self._batch(x.to(self.device), y.to(self.device), start)))
+                start += len(x)
+        if size > 1:
+            parts = sorted((p for ps in distributed.gather(parts) for p in ps), key=lambda p: p[0])
+            self.examples = next((e for e in distributed.gather(self.examples) if e), {})
+        ys = [p["y"] for _, p in parts]
+        base = {t: [p["base"][t] for _, p in parts] for t in self.targets}
+        clean = {k: [p["clean"][k] for _, p in parts] for k in [(d, t) for d in self.defenses for t in self.targets]}
+        kind = lambda k: 1 if k[1] == "universal" else 2 if k[1].startswith("adaptive-") else 0  # noqa: E731
+        keys = sorted(dict.fromkeys(k for _, p in parts for k in p["adv"]), key=kind)  # transfer, universal, adaptive
+        adv = {k: [p["adv"][k] for _, p in parts if k in p["adv"]] for k in keys}
         cat = lambda v: torch.cat(v) if v else torch.empty(0, dtype=torch.long)  # noqa: E731
         info = {a: {s: repr(self.attack(a, s)) for s in self.sources} for a in self.attacks}
         for a in self.adaptive_attacks:
@@ -270,6 +253,52 @@ class Engine:
                                                                 if not ok]},
                           examples=dict(self.examples))
         return res
+
+    def _restart(self, start: int) -> None:
+        """Seed torch's global RNG and restart every seeded noise source of the defenses (modules with
+        ``restart_noise``) from the run seed and the batch's global start index."""
+        stream = self._seed_for("batch", "", start)
+        torch.manual_seed(stream)
+        for defense in self.defenses.values():
+            for m in defense.modules():
+                restart = getattr(m, "restart_noise", None)
+                if callable(restart):
+                    restart(stream)
+
+    def _batch(self, x: torch.Tensor, y: torch.Tensor, start: int) -> dict[str, Any]:
+        """Every cell of the grid on one batch starting at global index ``start``: {"y", "base": target → preds,
+        "clean": (defense, target) → preds, "adv": (attack, source, defense, target) → preds} (CPU)."""
+        self._restart(start)
+        out: dict[str, Any] = {"y": y.cpu(), "base": {}, "clean": {}, "adv": {}}
+        with torch.no_grad():
+            for t, m in self.baselines.items():
+                out["base"][t] = m(x).argmax(1).cpu()
+        out["clean"].update(self._classify(x, y))
+        keep = self._example_rows(len(x)) if start == 0 else None
+        if keep is not None:
+            self._keep(keep, x, "clean", list(self.defenses))
+        adv = out["adv"]
+        for a in self.attacks:
+            for s in self.sources:
+                x_adv = self._craft(a, s, x, y, start)
+                for (d, t), p in self._classify(x_adv, y).items():
+                    adv[(a, s, d, t)] = p
+                if keep is not None:
+                    self._keep(keep, x_adv, f"{a}/{s}", list(self.defenses))
+            if a not in self.adaptive_attacks:
+                continue
+            for mode, d, t in self._adaptive_cells():
+                x_adv = self._craft(a, f"adaptive-{mode}|{d}|{t}", x, y, start)
+                adv[(a, f"adaptive-{mode}", d, t)] = self._classify_one(d, t, x_adv, y)
+                if keep is not None:
+                    self._keep(keep, x_adv, f"{a}/adaptive-{mode}|{d}|{t}", [d])
+        for p, delta in self.perturbations.items():
+            if delta.shape != x.shape[1:]:
+                raise AdvshieldError(f"perturbations: {p!r} is {tuple(delta.shape)}, images are "
+                                     f"{tuple(x.shape[1:])}")
+            for k, pred in self._classify((x + delta).clamp(0, 1), y).items():
+                adv[(p, "universal", *k)] = pred
+        return out
 
     def _example_rows(self, n: int) -> torch.Tensor | None:
         """Sorted rows of the first batch kept as examples (seeded by the run seed), or None when none are asked."""
