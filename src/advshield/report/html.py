@@ -33,7 +33,7 @@ h3{margin-bottom:.3em}table{border-collapse:collapse;margin:.5em 0 1em}
 th,td{border:1px solid #d8d8d8;padding:4px 8px;text-align:right;vertical-align:middle}
 th{background:#f3f4f6}td.l,th.l{text-align:left}.sub{color:#555}.mark{color:#b00020;font-weight:600}
 .headline{font-weight:700}.ok{color:#0a7d32}.bad{color:#b00020}.tm{font-size:.85em;color:#555}
-.ex td{text-align:center;font-size:.8em;padding:3px}
+.ex td,.ex th{text-align:center;font-size:.8em;padding:3px}
 .ex img{width:84px;image-rendering:pixelated;image-rendering:crisp-edges;display:block;margin:0 auto 2px}
 .flag{display:inline-block;background:#fde7ea;color:#8a0018;border-radius:4px;padding:0 6px;margin:1px}
 .box{background:#f7f7f9;border:1px solid #e3e3e8;border-radius:6px;padding:8px 14px}
@@ -347,18 +347,21 @@ def audit_html(doc: dict[str, Any], title: str = "advshield audit", command: str
                 ("notes", "Flags and notes", "<ul>" + "".join(f"<li>{escape(n)}</li>" for n in doc.get("notes", []))
                  + "</ul>" if doc.get("notes") else "<p>None.</p>")]
     if examples and "clean" in examples:
-        sections.append(("examples", "Adversarial examples", _audit_examples(examples, m)))
+        sections.append(("examples", "Adversarial examples",
+                         _audit_examples(examples, m, list(doc.get("per_attack", {})))))
     items = [("command", f"<code>{escape(command)}</code>" if command else "–")] + [
         (escape(str(k)), escape(str(v))) for k, v in m.items() if k not in ("notes",)]
     sections.append(("details", "Details", _table(["", ""], [[f"<b>{k}</b>", v] for k, v in items], left=2)))
     return _page(title, sections)
 
 
-def _audit_examples(ex: dict[str, torch.Tensor], meta: dict) -> str:
+def _audit_examples(ex: dict[str, torch.Tensor], meta: dict, order: list[str]) -> str:
+    """Per sample: the clean image, then per threat model (in ``order``) the adversarial image with the defended
+    prediction and the amplified perturbation."""
     classes = meta.get("classes")
     eps = float(meta.get("eps", 0) or 0)
-    modes = [k[len("adv/"):] for k in ex if k.startswith("adv/")]
-    heads = ["sample", "clean"] + [escape(md) for md in modes for _ in (0, 1)]
+    stored = [k[len("adv/"):] for k in ex if k.startswith("adv/")]
+    modes = [md for md in order if md in stored] + [md for md in stored if md not in order]
     rows = []
     for r, i in enumerate(ex["index"].tolist()):
         truth = int(ex["labels"][r])
@@ -368,5 +371,9 @@ def _audit_examples(ex: dict[str, torch.Tensor], meta: dict) -> str:
             cells.append(_cell(ex[f"adv/{md}"][r], _name(classes, p), _ok(p, truth)))
             cells.append(_cell(perturbation_image(ex[f"adv/{md}"][r] - ex["clean"][r], eps)[0], "δ"))
         rows.append(cells)
+    head = ('<tr><th rowspan="2">sample</th><th rowspan="2">clean</th>'
+            + "".join(f'<th colspan="2">{escape(md)}</th>' for md in modes) + "</tr><tr>"
+            + "<th>adversarial</th><th>δ</th>" * len(modes) + "</tr>")
     return ('<p class="sub">Adversarial image and perturbation (0.5 + δ·0.5/eps) per threat model; predictions of '
-            "the defended model, green = correct.</p>" + _cell_table(heads, rows))
+            'the defended model (one draw), green = correct.</p><table class="ex">' + head
+            + "".join("<tr>" + "".join(r) + "</tr>" for r in rows) + "</table>")
