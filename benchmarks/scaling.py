@@ -81,8 +81,8 @@ def main() -> None:
         rows.append((k, secs, args.n / secs, same))
         print(f"{k} process(es): {secs:.1f} s, {args.n / secs:.2f} images/s, flags identical to 1 process: {same}")
     base = rows[0][1]
-    command = (f".venv/bin/python benchmarks/scaling.py --procs {args.procs} --images {args.n} --threads {args.threads} "
-               f"--models {args.models} --attacks {args.attacks} --defenses {args.defenses}")
+    command = (f".venv/bin/python benchmarks/scaling.py --procs {args.procs} --images {args.n} "
+               f"--threads {args.threads} --models {args.models} --attacks {args.attacks} --defenses {args.defenses}")
     lines = ["## Scaling: sharded evaluation under torchrun (CPU, gloo)", "",
              f"Command: `{command}`", f"Machine: {machine()}", "",
              f"`evaluate()` of {args.attacks} × {args.models} × {args.defenses} (adaptive {args.adaptive}, EOT 2, "
