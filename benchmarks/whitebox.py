@@ -9,8 +9,9 @@ for randomized defenses, Square as the gradient-free check, transfer from the un
   added to the audited images, against the same methods fitted on the base;
 - the time of one audit at the default version (``auto``) on 1,000 images.
 
-Every audit cell and every fitted perturbation is cached (``--cache``), so a stopped run resumes where it was and
-the section is rewritten after every cell.
+Every audit cell (its JSON) and every fitted perturbation is kept under ``--cache`` (committed:
+benchmarks/results/whitebox), so a stopped run resumes where it was, even in a fresh checkout, and the section is
+rewritten after every cell.
 
 Run: .venv/bin/python benchmarks/whitebox.py [--n 500] [--version quick] [--eot 20] [--draws 10] [--threads 1]
 """
@@ -188,7 +189,9 @@ def main() -> None:
     p.add_argument("--timing-defense", default="vae")
     p.add_argument("--timing-model", default="fmnist-lenet")
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--cache", default=".cache/whitebox")
+    p.add_argument("--cache", default="benchmarks/results/whitebox",
+                   help="audit cells (JSON) and fitted perturbations; committed, so the section re-renders and "
+                   "resumes in a fresh checkout (default benchmarks/results/whitebox)")
     p.add_argument("--results", type=Path, default=RESULTS, help="Markdown file to update (default docs/RESULTS.md)")
     p.add_argument("--render-only", action="store_true", help="write the section from cached cells only")
     p.add_argument("--only", default=None, help="compute only these parts (comma-separated defense names, "
