@@ -146,6 +146,12 @@ def render(args: argparse.Namespace, cells: Cells, universal: list[str], command
              "through the identity. Accuracies in %.", "",
              "### NRP purifiers", ""]
     lines += audit_table([(m, LABELS[d], cells.get(d, m)) for m in NRP_TARGETS for d in ("none", *NRP_DEFENSES)])
+    missing = [f"{LABELS[d]} × {m}" for m in NRP_TARGETS for d in NRP_DEFENSES if cells.get(d, m) is None]
+    if missing:
+        lines += ["", f"Not measured yet: {', '.join(missing)} (EOT {a.eot} × {a.draws} draws through the purifier "
+                  "take over an hour per cell on this machine; the command resumes where it stopped). The `audit` "
+                  "section has every defense at 200 images with EOT 8 and 4 draws."]
+    lines += ["", *nrp_reading(cells)]
     lines += ["", "### Autoencoder purifiers (fmnist-lenet)", ""]
     lines += audit_table([("fmnist-lenet", LABELS[d], cells.get(d, "fmnist-lenet")) for d in ("none", *AE_DEFENSES)])
     lines += ["", "### FRU models audited as classifiers", "",
@@ -156,12 +162,16 @@ def render(args: argparse.Namespace, cells: Cells, universal: list[str], command
         base = advshield.load_model(f"zoo:{name}").card["base"]
         fru_rows += [(base, "none", cells.get("none", base)), (name, "none (FRUs inside)", cells.get("none", name))]
     lines += audit_table(fru_rows)
+    lines += ["", "Audited as classifiers, the FRU models are no more robust to per-image white-box attacks than their "
+              "bases: the FRUs were trained against universal perturbations only, which is the threat below.", ""]
     lines += ["", f"### Universal perturbations fitted through the FRU model (adaptive universal case, L∞ "
               f"{a.eps}/255)", "",
               f"Each perturbation is fitted on {a.fit_images} test images the audit never scores (test[5000:]) — on "
               "the base (the FRU paper's setting) or through the FRU model (the attacker knows the defense) — and "
               f"added to the first {a.n} test images. Top-1 accuracy in %.", ""]
     lines += universal
+    lines += ["", "Read the *FRU model accuracy* column: fitted through the FRU model, a universal perturbation is the "
+              "adaptive attack on the defense; fitted on the base it is the paper's gray-box setting.", ""]
     t = cells.get(a.timing_defense, a.timing_model, n=a.timing_n, version="auto")
     lines += ["", f"### Time of one audit at the default version on {a.timing_n} images", ""]
     if t is None:
@@ -173,7 +183,26 @@ def render(args: argparse.Namespace, cells: Cells, universal: list[str], command
                   f"{machine()}; robust accuracy {pct(t['robust_accuracy'])} %, flags: "
                   f"{', '.join(t['flags']) or 'none'}.", ""]
         lines += audit_table([(a.timing_model, LABELS.get(a.timing_defense, a.timing_defense), t)])
+    lines += ["", "Times: the cells were computed by up to three benchmark processes sharing the 2 cores (and the "
+              "test suite at times), so every time here is an upper bound for an audit running alone."]
     return "\n".join(lines) + "\n"
+
+
+def nrp_reading(cells: Cells) -> list[str]:
+    """One sentence per NRP variant with the measured numbers: transfer (unaware) → adaptive robust."""
+    out = ["**What it means.** Against an attacker who knows the purifier, NRP keeps little of its transfer-attack "
+           "accuracy; its benefit is the black-box one (the `nrp` section). Measured here (robust accuracy, %):", ""]
+    for d in NRP_DEFENSES:
+        parts = []
+        for m in NRP_TARGETS:
+            c, bare = cells.get(d, m), cells.get("none", m)
+            if c is None or bare is None:
+                continue
+            parts.append(f"{m} {pct(mode(c, 'transfer'))} defense-unaware → **{pct(c['robust_accuracy'])}** "
+                         f"adaptive (undefended white-box {pct(bare['robust_accuracy'])})")
+        if parts:
+            out.append(f"- {LABELS[d]}: " + "; ".join(parts) + ".")
+    return out
 
 
 def main() -> None:

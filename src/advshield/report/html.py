@@ -99,7 +99,7 @@ def defense_marks(res: GridResults, worst: dict[tuple[str, str], dict]) -> dict[
     for (d, t), w in worst.items():
         marks = []
         base = float((res.base_pred[t] == y).float().mean()) if t in res.base_pred and len(y) else float("nan")
-        if d != "none" and base == base and base - w["clean_accuracy"] > CLEAN_COST_MARK:
+        if d != "none" and base == base and base - w["clean_accuracy"] > CLEAN_COST_MARK + 1e-9:
             marks.append(f"clean cost {100 * (base - w['clean_accuracy']):.1f} points")
         if d != "none" and w["adaptive_worst_case_accuracy"] is None:
             marks.append("defense-unaware only")
