@@ -25,7 +25,7 @@ def worker(args: argparse.Namespace) -> None:
     """One rank: the grid on its shard; rank 0 saves the gathered flags to ``--flags``."""
     import advshield
     from advshield.data import load_dataset
-    from advshield.eval import distributed
+    from advshield import distributed
     from advshield.eval.grid import evaluate
 
     torch.set_num_threads(args.threads)

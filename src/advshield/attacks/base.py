@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..checks import check_eps, check_images, check_labels, check_number, check_steps
+from ..distributed import global_like
 from ..errors import AdvshieldError
 from .threat import NORMS, ThreatModel
 
@@ -85,6 +86,9 @@ class Attack:
         self.threat = threat
         self.seed = check_seed(seed)
         self.target_mode: str | None = None
+        # (offset, global rows) when x is one rank's shard of a global batch: random starts are drawn for the
+        # global batch and sliced, so 1 and N processes craft the same images (see distributed.global_like)
+        self.shard: tuple[int, int] | None = None
         self._classes: tuple[nn.Module, int | None] | None = None  # (model, its class count), see num_classes
 
     # -- public -----------------------------------------------------------------------------------------
@@ -218,11 +222,12 @@ class GradientAttack(Attack):
         if not self.random_start:
             return x.clone()
         if self.threat.norm == "linf":
-            delta = torch.empty_like(x).uniform_(-self.eps, self.eps)
+            delta = global_like(x, lambda s: torch.empty(s, device=x.device, dtype=x.dtype).uniform_(
+                -self.eps, self.eps), self.shard)
         else:
-            delta = torch.randn_like(x)
+            delta = global_like(x, lambda s: torch.randn(s, device=x.device, dtype=x.dtype), self.shard)
             n = delta.flatten(1).norm(dim=1).view(-1, *[1] * (x.dim() - 1))
-            r = torch.rand(len(x), device=x.device).view_as(n)
+            r = global_like(x[:, 0, 0, 0], lambda s: torch.rand(s, device=x.device), self.shard).view_as(n)
             delta = delta / n * r * self.eps
         return (x + delta).clamp(*self.threat.bounds)
 

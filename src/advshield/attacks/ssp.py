@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..distributed import global_like
 from ..errors import AdvshieldError
 from ..registry import ATTACKS
 from .base import GradientAttack, frozen_eval
@@ -81,7 +82,8 @@ class SSP(GradientAttack):
     def init(self, x: torch.Tensor) -> torch.Tensor:
         if not self.random_start:
             return x.clone()
-        return (x + self.eps * torch.randn_like(x).sign()).clamp(*self.threat.bounds)
+        noise = global_like(x, lambda s: torch.randn(s, device=x.device, dtype=x.dtype), self.shard)
+        return (x + self.eps * noise.sign()).clamp(*self.threat.bounds)
 
     def outputs(self, x_in: torch.Tensor) -> torch.Tensor:
         """The feature map of ``x_in`` (N×…)."""

@@ -216,14 +216,14 @@ def adaptive_attacks(args: argparse.Namespace, attacks: list[str]) -> list[str]:
 
 def print_lines(lines: list[str]) -> None:
     """Notes to stderr, the rest to stdout; only rank 0 prints under torchrun."""
-    from ..eval.distributed import is_main
+    from ..distributed import is_main
 
     for line in lines if is_main() else []:
         print(line, file=sys.stderr if line.startswith("advshield:") else sys.stdout)
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..eval import distributed
+    from .. import distributed
     from ..eval.grid import evaluate
     from ..eval.preflight import accuracy_lines, clean_accuracy, label_by_model
 
@@ -279,7 +279,7 @@ def run(args: argparse.Namespace) -> int:
 def print_report(res: Any, out: str, title: str, notes: list[str] | None = None) -> None:
     """Write the reports of ``res`` into ``out`` and print the short summary and where they are (rank 0 only
     under torchrun: the other ranks hold the same gathered results)."""
-    from ..eval.distributed import is_main, world
+    from ..distributed import is_main, world
     from ..report.tables import summary_table
     from ..report.write import write_report
 

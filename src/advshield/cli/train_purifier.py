@@ -7,6 +7,7 @@ from pathlib import Path
 from ..errors import AdvshieldError
 from .common import (
     add_runtime_flags,
+    add_scale_flags,
     apply_runtime,
     batch_int,
     budget_pixels,
@@ -20,7 +21,6 @@ from .common import (
     size_int,
     step_pixels,
     unit_float,
-    worker_count,
 )
 
 
@@ -79,13 +79,13 @@ def add_purifier_parser(tsub: argparse._SubParsersAction) -> None:
     g.add_argument("--fresh", dest="fresh", action="store_true", help="ignore a saved training state, start over")
     p.set_defaults(fresh=False)
     p.add_argument("--overwrite", action="store_true", help="replace an existing NAME.safetensors in --out-dir")
-    p.add_argument("--amp", action="store_true", help="bfloat16 autocast on CUDA (no effect on CPU)")
-    p.add_argument("--workers", type=worker_count, default=0, help="DataLoader worker processes (default 0)")
+    add_scale_flags(p)
     add_runtime_flags(p)
     p.set_defaults(run=run_purifier)
 
 
 def run_purifier(args: argparse.Namespace) -> int:
+    from ..distributed import is_main
     from ..train.purifier import PurifierConfig, check_config, train_purifier
 
     apply_runtime(args)
@@ -99,12 +99,14 @@ def run_purifier(args: argparse.Namespace) -> int:
         vanilla_gan=args.vanilla_gan, critic_width=args.critic_width, lr=args.lr,
         alpha_adv=args.alpha_adv, gamma_img=args.gamma_img, lambda_feat=args.lambda_feat, save_every=args.save_every,
         log_every=args.log_every, eval_images=args.eval_images, seed=args.seed, device=args.device, amp=args.amp,
-        workers=args.workers, data_root=args.data_root, threads=args.threads)
+        accum=args.accum, workers=args.workers, data_root=args.data_root, threads=args.threads)
     check_config(cfg)
     out = Path(args.out_dir) / f"{args.name}.safetensors"
     if out.exists() and not args.overwrite:
         raise AdvshieldError(f"{out} exists; pass --overwrite to replace it")
     card = train_purifier(cfg, args.out_dir, resume=not args.fresh, command=command_line())
+    if not is_main():
+        return 0
     m = card["metrics"]
     extra = f" (PSNR {m['psnr_adv']:.2f} → {m['psnr_purified']:.2f} dB)" if "psnr_purified" in m else ""
     print(f"wrote {out}{extra}")

@@ -24,13 +24,13 @@ from typing import Any, Callable, Iterable, Sequence
 import torch
 from torch import nn
 
+from .. import distributed
 from ..attacks.base import Attack
 from ..attacks.threat import BudgetError
 from ..checks import check_number
 from ..defenses.base import Defended
 from ..errors import AdvshieldError
 from ..utils import atomic_path, progress
-from . import distributed
 from .results import GridResults
 
 AttackFactory = Callable[[nn.Module], Attack]

@@ -5,6 +5,9 @@ seeded by (seed, step), see :func:`step_generator`) plus ``state_fn()``/``load_f
 owns (nets, optimisers). The loop saves ``WORK/state.pt`` every ``save_every`` steps and at the end, resumes
 from it when the run's settings (``config_key``) are unchanged, and appends running means to ``WORK/log.csv``
 (rows past the resumed checkpoint are dropped), so a stopped run continues exactly where it stopped.
+
+Under torchrun the losses are averaged over the ranks every step and rank 0 alone prints, logs and saves; every
+rank resumes from the same ``state.pt`` (which holds no process count, so a run may resume on another one).
 """
 from __future__ import annotations
 
@@ -18,6 +21,7 @@ from typing import Any, Callable, Iterable
 import numpy as np
 import torch
 
+from .. import distributed
 from ..errors import AdvshieldError
 from ..utils import atomic_path, progress
 
@@ -72,6 +76,9 @@ def run_steps(name: str, steps: int, step_fn: Callable[[int], dict[str, float]],
     ``batches(start, stop)``: optional iterable of per-step inputs; then ``step_fn(step, batch)`` is called.
     Raises :class:`AdvshieldError` on a non-finite loss or a checkpoint made with other settings."""
     work = Path(work)
+    main = distributed.is_main()
+    if not main:
+        log = _silent
     work.mkdir(parents=True, exist_ok=True)
     state_path, log_path = work / "state.pt", work / "log.csv"
     start, elapsed = 0, 0.0
@@ -88,20 +95,24 @@ def run_steps(name: str, steps: int, step_fn: Callable[[int], dict[str, float]],
         acc, acc_n, last = dict(state["acc"]), int(state["acc_n"]), dict(state["last"])
         truncate_log(log_path, start)
         log(f"resuming {name} at step {start}/{steps}")
-    else:
+    elif main:
         for p in (state_path, log_path):
             if p.exists():
                 p.unlink()
+    distributed.barrier()  # no rank reads a checkpoint rank 0 is about to replace
 
     def save(step: int) -> None:
+        if not main:
+            return
         with atomic_path(state_path) as tmp:
             torch.save({**state_fn(), "step": step, "config": config_key, "elapsed": elapsed,
                         "torch_rng": torch.get_rng_state(), "acc": acc, "acc_n": acc_n, "last": last}, tmp)
 
     inputs: Iterable[Any] = batches(start, steps) if batches is not None else range(start, steps)
     t0 = time.time()
-    for step, item in zip(range(start, steps), progress(inputs, name, total=steps - start)):
+    for step, item in zip(range(start, steps), progress(inputs, name, total=steps - start, disable=not main)):
         losses = step_fn(step, item) if batches is not None else step_fn(step)  # type: ignore[call-arg]
+        losses = distributed.mean_over_ranks(losses)
         if not all(math.isfinite(v) for v in losses.values()):
             raise AdvshieldError(f"{name}: non-finite loss at step {step + 1}: {losses}")
         last = dict(losses)
@@ -113,11 +124,16 @@ def run_steps(name: str, steps: int, step_fn: Callable[[int], dict[str, float]],
         elapsed, t0 = elapsed + (now - t0), now
         if done % log_every == 0 or done == steps:
             means = {k: v / acc_n for k, v in acc.items()}
-            append_log(log_path, {"step": done, **{f"loss_{k}": f"{v:.6g}" for k, v in means.items()},
-                                  "elapsed_s": f"{elapsed:.1f}"})
+            if main:
+                append_log(log_path, {"step": done, **{f"loss_{k}": f"{v:.6g}" for k, v in means.items()},
+                                      "elapsed_s": f"{elapsed:.1f}"})
             log(f"{name} step {done}/{steps} " + " ".join(f"{k} {v:.4g}" for k, v in means.items())
                 + f" ({elapsed:.0f}s)")
             acc, acc_n = {}, 0
         if done % save_every == 0 or done == steps:
             save(done)
     return LoopResult(last=last, elapsed=elapsed, resumed_from=start)
+
+
+def _silent(_: str) -> None:
+    """The log of ranks other than 0."""

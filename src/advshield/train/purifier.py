@@ -41,12 +41,14 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from .. import distributed
 from ..attacks.fgsm import FGSM
 from ..attacks.ssp import SSP
 from ..data import DATASETS, load_dataset
 from ..data.folder import LUMA, ImageFolder, header_shape, read_image
 from ..data.tensors import to_float
 from ..defenses.nrp import NRP_CONFIGS, build_purifier_net, count_parameters
+from ..distributed import global_like, global_mean
 from ..errors import AdvshieldError, DataError
 from ..models import load_model
 from ..models.checkpoint import save_checkpoint
@@ -93,7 +95,8 @@ class PurifierConfig:
     eval_images: int = 256
     seed: int = 0
     device: str = "auto"
-    amp: bool = False  # bfloat16 autocast on CUDA; ignored elsewhere
+    amp: str | None = None  # "bf16" / "fp16" autocast on CUDA (fp16 with loss scaling); ignored elsewhere
+    accum: int = 1  # gradient accumulation: each rank's share of a step's batch is split into this many parts
     workers: int = 0
     data_root: str | None = None
     threads: int | None = None
@@ -101,12 +104,17 @@ class PurifierConfig:
 
 
 # settings that may change between a run and its resume without changing the result
-_RUNTIME_KEYS = ("device", "data_root", "threads", "workers", "save_every", "eval_images", "arch_args")
+# (the process count and ``accum`` change only the batch-norm statistics and RaGAN means of a micro-batch; the
+# learning rate is constant, so ``steps`` may grow on resume: a run is extended)
+_RUNTIME_KEYS = ("device", "data_root", "threads", "workers", "save_every", "eval_images", "arch_args", "accum",
+                 "steps")
+AMP_MODES = ("bf16", "fp16")
 
 
 def _config_key(cfg: PurifierConfig) -> str:
     keep = {k: v for k, v in asdict(cfg).items() if k not in _RUNTIME_KEYS}
     keep["betas"] = list(keep["betas"])
+    keep["amp"] = keep["amp"] or False  # runs made before --amp took a precision keep their key
     return json.dumps(keep, sort_keys=True)
 
 
@@ -121,8 +129,9 @@ def loss_weights(cfg: PurifierConfig) -> dict[str, float]:
 
 
 def purifier_adv_loss(c_fake: torch.Tensor, c_real: torch.Tensor, relativistic: bool = True) -> torch.Tensor:
-    """Purifier's GAN term. RaGAN (paper Eq. 7): mean −log σ(C(x̂) − mean C(x)); vanilla: mean −log σ(C(x̂))."""
-    z = c_fake - c_real.mean() if relativistic else c_fake
+    """Purifier's GAN term. RaGAN (paper Eq. 7): mean −log σ(C(x̂) − mean C(x)); vanilla: mean −log σ(C(x̂)).
+    Under torchrun ``mean C(x)`` is the global batch's (the outer mean is averaged by the gradient all-reduce)."""
+    z = c_fake - global_mean(c_real) if relativistic else c_fake
     return F.softplus(-z).mean()
 
 
@@ -130,8 +139,8 @@ def critic_loss(c_real: torch.Tensor, c_fake: torch.Tensor, relativistic: bool =
     """Critic's loss for telling x (real) from x̂ (fake), mirrored from :func:`purifier_adv_loss`:
     ½·mean[−log σ(r) − log(1 − σ(f))] with r = C(x) − mean C(x̂), f = C(x̂) − mean C(x) (RaGAN) or
     r = C(x), f = C(x̂) (vanilla)."""
-    if relativistic:
-        r, f = c_real - c_fake.mean(), c_fake - c_real.mean()
+    if relativistic:  # global-batch means under torchrun (differentiable all-reduce)
+        r, f = c_real - global_mean(c_fake), c_fake - global_mean(c_real)
     else:
         r, f = c_real, c_fake
     return 0.5 * (F.softplus(-r).mean() + F.softplus(f).mean())
@@ -187,13 +196,15 @@ class CropSource(Dataset):
     ``images``: a uint8/float N×C×H×W tensor (same-size images) or a list of C×H×W tensors (any sizes ≥ crop);
     ``files``: image paths read on demand with their (H, W) (an image folder). Same-size images equal to the
     crop get a random shift of up to 2 px (zero padding) and a horizontal flip; larger ones a random crop
-    and a flip."""
+    and a flip. ``keep``: the rows of each batch this process trains on (under torchrun, its shard): every random
+    choice is drawn for the whole batch, but only the kept files are read."""
 
     def __init__(self, crop: int, batch_size: int, seed: int, channels: int,
                  images: torch.Tensor | list[torch.Tensor] | None = None,
-                 files: list[tuple[Path, int, int]] | None = None) -> None:
+                 files: list[tuple[Path, int, int]] | None = None, keep: slice | None = None) -> None:
         self.crop, self.batch_size, self.seed, self.channels = crop, batch_size, seed, channels
         self.images, self.files = images, files
+        self.keep = keep or slice(0, batch_size)
         sizes = ([(int(h), int(w)) for _, h, w in files] if files is not None
                  else [tuple(x.shape[-2:]) for x in images] if isinstance(images, list)
                  else [tuple(images.shape[-2:])])
@@ -206,10 +217,13 @@ class CropSource(Dataset):
         return 2**31 - 1
 
     def __getitem__(self, step: int) -> torch.Tensor:
-        return self.sample(self.batch_size, step_generator(self.seed, step, _DATA))
+        """This process's rows (``keep``) of the batch of ``step``: B_local×C×crop×crop float in [0,1]."""
+        return self.sample(self.batch_size, step_generator(self.seed, step, _DATA), self.keep)
 
-    def sample(self, n: int, gen: torch.Generator) -> torch.Tensor:
+    def sample(self, n: int, gen: torch.Generator, keep: slice | None = None) -> torch.Tensor:
+        """Rows ``keep`` (default all) of a batch of ``n`` random crops drawn with ``gen``."""
         c = self.crop
+        keep = keep or slice(0, n)
         if isinstance(self.images, torch.Tensor):
             idx = torch.randint(len(self.images), (n,), generator=gen)
             x = to_float(self.images[idx])
@@ -217,18 +231,23 @@ class CropSource(Dataset):
                 x = augment_batch(x, gen)
             else:
                 x = _flip(self._crops([x[i] for i in range(n)], gen), gen)
+            x = x[keep]
         elif self.images is not None:
             idx = torch.randint(len(self.images), (n,), generator=gen)
-            x = _flip(self._crops([to_float(self.images[int(i)]) for i in idx], gen), gen)
+            x = _flip(self._crops([to_float(self.images[int(i)]) for i in idx], gen), gen)[keep]
         else:
             idx = torch.randint(len(self.files), (n,), generator=gen)
+            mine = range(n)[keep]
             out = []
-            for i in idx:
+            for j, i in enumerate(idx):
                 path, h, w = self.files[int(i)]
                 t = int(torch.randint(h - c + 1, (1,), generator=gen))
                 l_ = int(torch.randint(w - c + 1, (1,), generator=gen))
-                out.append(read_image(path, self.channels)[:, t : t + c, l_ : l_ + c])
-            x = _flip(torch.stack(out), gen)
+                if j in mine:  # the random draws of every row are made; only this process's files are read
+                    out.append(read_image(path, self.channels)[:, t : t + c, l_ : l_ + c])
+            flip = torch.rand(n, generator=gen)[keep] < 0.5
+            x = torch.stack(out)
+            x[flip] = x[flip].flip(-1)
         return _match_channels(x, self.channels)
 
     def _crops(self, images: list[torch.Tensor], gen: torch.Generator) -> torch.Tensor:
@@ -349,30 +368,46 @@ class Adversary:
             raise AdvshieldError(f"unknown adversary {self.kind!r} (known: {', '.join(ADVERSARIES)}, or several "
                                  "joined by +)")
 
-    def __call__(self, x: torch.Tensor, step: int, stream: int = _ADV) -> torch.Tensor:
-        if self.parts:
-            chunks = x.tensor_split(len(self.parts))
-            return torch.cat([part(c, step, stream) if len(c) else c for part, c in zip(self.parts, chunks)])
+    def __call__(self, x: torch.Tensor, step: int, stream: int = _ADV,
+                 shard: tuple[int, int] | None = None) -> torch.Tensor:
+        """``shard``: (offset of x's first row, rows of the whole batch) when x is part of a larger batch (a
+        rank's share under torchrun, a micro-batch): the result is then exactly those rows of the whole batch's."""
+        lo, n = shard or (0, len(x))
+        if self.parts:  # the whole batch is split among the kinds; x takes its rows of each part
+            bounds = [0, *torch.arange(n).tensor_split(len(self.parts))]
+            out = []
+            for part, rows in zip(self.parts, bounds[1:]):
+                if not len(rows):
+                    continue
+                a, b = int(rows[0]), int(rows[-1]) + 1
+                s, e = max(lo, a), min(lo + len(x), b)
+                if s < e:
+                    out.append(part(x[s - lo : e - lo], step, stream, (s - a, b - a)))
+            return torch.cat(out)
         if self.attack is None:  # GNP: N(0, (eps/2)²) clipped to ±eps
             gen = step_generator(self.seed, step, stream)
-            noise = torch.randn(x.shape, generator=gen).to(x.device, x.dtype) * (self.eps / 2)
-            return (x + noise.clamp(-self.eps, self.eps)).clamp(0.0, 1.0)
+            noise = global_like(x, lambda sh: torch.randn(sh, generator=gen), (lo, n)).to(x.device, x.dtype)
+            return (x + (noise * (self.eps / 2)).clamp(-self.eps, self.eps)).clamp(0.0, 1.0)
         self.attack.seed = step_seed(self.seed, step, stream)
+        self.attack.shard = None if shard is None or (lo, n) == (0, len(x)) else (lo, n)
         return self.attack(x)
 
 
-def mix_strengths(x: torch.Tensor, x_adv: torch.Tensor, cfg: PurifierConfig, step: int, stream: int = _MIX
-                  ) -> torch.Tensor:
+def mix_strengths(x: torch.Tensor, x_adv: torch.Tensor, cfg: PurifierConfig, step: int, stream: int = _MIX,
+                  shard: tuple[int, int] | None = None) -> torch.Tensor:
     """x' = clamp(x + s·(x_adv − x)) with one s per sample: s ~ U[eps_min/eps, 1] (1 when ``eps_min`` is None),
-    and s = 0 for the first round(clean_fraction·B) samples. x, x_adv: B×C×H×W in [0,1]; seeded by (seed, step)."""
+    and s = 0 for the first round(clean_fraction·B) samples of the whole batch. x, x_adv: B×C×H×W in [0,1];
+    seeded by (seed, step); ``shard`` as for :class:`Adversary`."""
     if cfg.eps_min is None and cfg.clean_fraction <= 0:
         return x_adv
+    lo, n = shard or (0, len(x))
     gen = step_generator(cfg.seed, step, stream)
-    lo = 1.0 if cfg.eps_min is None else cfg.eps_min / cfg.eps
-    s = lo + (1.0 - lo) * torch.rand(len(x), generator=gen)
-    s[: int(round(cfg.clean_fraction * len(x)))] = 0.0
-    s = s.to(x.device, x.dtype).view(-1, *([1] * (x.dim() - 1)))
+    lo_s = 1.0 if cfg.eps_min is None else cfg.eps_min / cfg.eps
+    s = lo_s + (1.0 - lo_s) * torch.rand(n, generator=gen)
+    s[: int(round(cfg.clean_fraction * n))] = 0.0
+    s = s[lo : lo + len(x)].to(x.device, x.dtype).view(-1, *([1] * (x.dim() - 1)))
     return (x + s * (x_adv - x)).clamp(0.0, 1.0)
+
 
 
 def _features(extractor: SSP, x: torch.Tensor) -> torch.Tensor:
@@ -385,7 +420,13 @@ def _features(extractor: SSP, x: torch.Tensor) -> torch.Tensor:
 
 
 class PurifierTrainer:
-    """Purifier, critic, their optimisers and one training step (Algorithm 2, lines 2–6)."""
+    """Purifier, critic, their optimisers and one training step (Algorithm 2, lines 2–6).
+
+    Under torchrun each rank trains on its rows of every batch: the purifier is wrapped in
+    DistributedDataParallel; the critic, called several times per step, has its batch norms computed over the
+    global batch (:class:`~advshield.distributed.GlobalBatchNorm`) and its gradients averaged by hand; the RaGAN
+    means are global. N processes therefore take the same steps as one process with the whole batch. ``accum``
+    splits each rank's rows into that many micro-batches (their gradients summed before one update)."""
 
     def __init__(self, cfg: PurifierConfig, purifier: nn.Module, feature_model: nn.Module, layer: str | None,
                  is_classifier: bool, device: torch.device) -> None:
@@ -395,16 +436,28 @@ class PurifierTrainer:
         self.purifier = purifier.to(device)
         out_ch = int(getattr(purifier, "out_channels", getattr(purifier, "in_channels", 3)))
         self.critic = Critic(out_ch, cfg.critic_width).to(device)
+        self.parallel = distributed.world()[1] > 1
+        if self.parallel:
+            distributed.global_batchnorm(self.purifier)
+            distributed.global_batchnorm(self.critic)
         self.opt_p = torch.optim.Adam(self.purifier.parameters(), lr=cfg.lr, betas=tuple(cfg.betas))
         self.opt_c = torch.optim.Adam(self.critic.parameters(), lr=cfg.lr, betas=tuple(cfg.betas))
+        self.net = self.purifier
+        if self.parallel:
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.net = DistributedDataParallel(self.purifier, device_ids=[device] if device.type == "cuda" else None)
         self.feature_model = feature_model.to(device)
         # the SSP object doubles as the feature extractor (its outputs() hook stops at ``layer``)
         self.extractor = SSP(self.feature_model, eps=cfg.eps, layer=layer)
         self.adversary = Adversary(cfg, self.feature_model, layer, is_classifier)
+        fp16 = cfg.amp == "fp16" and device.type == "cuda"
+        self.scaler_p = torch.amp.GradScaler("cuda", enabled=fp16)
+        self.scaler_c = torch.amp.GradScaler("cuda", enabled=fp16)
 
     def autocast(self) -> contextlib.AbstractContextManager:
-        if self.cfg.amp and self.device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
+        if self.cfg.amp in AMP_MODES and self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16 if self.cfg.amp == "bf16" else torch.float16)
         return contextlib.nullcontext()
 
     def state_dict(self) -> dict[str, Any]:
@@ -418,19 +471,56 @@ class PurifierTrainer:
         self.opt_c.load_state_dict(state["opt_c"])
 
     def step(self, x: torch.Tensor, step: int) -> dict[str, float]:
-        """One update of P then C on the clean batch x (B×C×H×W in [0,1]); returns the losses."""
-        w = self.weights
+        """One update of P then C on the clean batch x (B×C×H×W in [0,1]; under torchrun this rank's rows of the
+        step's batch of ``cfg.batch_size``); returns this process's losses."""
+        offset, total = (distributed.rows(self.cfg.batch_size).start, self.cfg.batch_size) if self.parallel \
+            else (0, len(x))
         x = x.to(self.device, non_blocking=True)
         self.purifier.train()
         self.critic.train()
-        with self.autocast():
-            x_adv = mix_strengths(x, self.adversary(x, step), self.cfg, step)
-            with torch.no_grad():
-                f_real = _features(self.extractor, x).float()
+        parts = x.tensor_split(max(1, min(self.cfg.accum, len(x))))
+        at, micro = offset, []
+        for part in parts:  # adversaries (and their clean features) for every micro-batch
+            shard = None if (at, total) == (0, len(part)) else (at, total)
+            with self.autocast():
+                x_adv = mix_strengths(part, self.adversary(part, step, shard=shard), self.cfg, step, shard=shard)
+            micro.append((part, x_adv))
+            at += len(part)
+        sums = dict.fromkeys(LOSS_KEYS, 0.0)
         # purifier update (critic frozen)
         self.critic.requires_grad_(False)
+        self.opt_p.zero_grad(set_to_none=True)
+        hats = []
+        for i, (part, x_adv) in enumerate(micro):
+            sync = contextlib.nullcontext() if (i == len(micro) - 1 or not self.parallel) else self.net.no_sync()
+            with sync:
+                losses, x_hat = self._purifier_loss(part, x_adv)
+                self.scaler_p.scale(losses["total"] / len(micro)).backward()
+            hats.append(x_hat.detach())
+            for k, v in losses.items():
+                sums[k] += float(v.detach()) / len(micro)
+        self.scaler_p.step(self.opt_p)
+        self.scaler_p.update()
+        # critic update on x vs the detached x̂
+        self.critic.requires_grad_(True)
+        self.opt_c.zero_grad(set_to_none=True)
+        for (part, _), x_hat in zip(micro, hats):
+            with self.autocast():
+                l_c = critic_loss(self.critic(part).float(), self.critic(x_hat).float(), self.relativistic)
+            self.scaler_c.scale(l_c / len(micro)).backward()
+            sums["critic"] += float(l_c.detach()) / len(micro)
+        distributed.average_gradients(self.critic.parameters())
+        self.scaler_c.step(self.opt_c)
+        self.scaler_c.update()
+        return sums
+
+    def _purifier_loss(self, x: torch.Tensor, x_adv: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """The purifier's loss terms on one micro-batch and its output x̂ = P(x')."""
+        w = self.weights
         with self.autocast():
-            x_hat = self.purifier(x_adv).float()
+            with torch.no_grad():
+                f_real = _features(self.extractor, x).float()
+            x_hat = self.net(x_adv).float()
             l_img = (x_hat - x).pow(2).mean()
             with torch.set_grad_enabled(w["feat"] > 0):
                 l_feat = (_features(self.extractor, x_hat).float() - f_real).abs().mean()
@@ -438,18 +528,7 @@ class PurifierTrainer:
                 c_real = self.critic(x).float()
             l_adv = purifier_adv_loss(self.critic(x_hat).float(), c_real, self.relativistic)
             total = w["adv"] * l_adv + w["img"] * l_img + w["feat"] * l_feat
-        self.opt_p.zero_grad(set_to_none=True)
-        total.backward()
-        self.opt_p.step()
-        # critic update on x vs the detached x̂
-        self.critic.requires_grad_(True)
-        with self.autocast():
-            l_c = critic_loss(self.critic(x).float(), self.critic(x_hat.detach()).float(), self.relativistic)
-        self.opt_c.zero_grad(set_to_none=True)
-        l_c.backward()
-        self.opt_c.step()
-        return {"total": float(total.detach()), "feat": float(l_feat.detach()), "img": float(l_img.detach()),
-                "adv": float(l_adv.detach()), "critic": float(l_c.detach())}
+        return {"total": total, "feat": l_feat, "img": l_img, "adv": l_adv}, x_hat
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -523,6 +602,13 @@ def check_config(cfg: PurifierConfig) -> None:
                              f"not {cfg.eps_min * 255:g}")
     if not 0 <= cfg.clean_fraction < 1:
         raise AdvshieldError(f"clean fraction must be in [0, 1), not {cfg.clean_fraction}")
+    if cfg.amp is True:  # the old boolean switch meant bfloat16
+        cfg.amp = "bf16"
+    if cfg.amp not in (None, False, *AMP_MODES):
+        raise AdvshieldError(f"amp must be one of {', '.join(AMP_MODES)}, not {cfg.amp!r}")
+    cfg.amp = cfg.amp or None
+    if int(cfg.accum) < 1 or int(cfg.accum) > cfg.batch_size:
+        raise AdvshieldError(f"accum must be an integer in [1, batch size], not {cfg.accum!r}")
 
 
 def train_purifier(cfg: PurifierConfig, out_dir: str | Path, work_dir: str | Path | None = None,
@@ -533,12 +619,21 @@ def train_purifier(cfg: PurifierConfig, out_dir: str | Path, work_dir: str | Pat
     check_config(cfg)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    device = pick_device(cfg.device)
+    device = distributed.local_device(pick_device(cfg.device))
+    rank, size = distributed.init(device)
+    if size > 1 and cfg.batch_size % (size * cfg.accum):
+        raise AdvshieldError(f"batch size {cfg.batch_size} does not split into {size} processes × {cfg.accum} "
+                             "accumulation steps; pick a multiple of their product")
+    if not distributed.is_main():
+        log = _quiet
+    if cfg.amp and device.type != "cuda":
+        log(f"note: --amp {cfg.amp} applies on CUDA only; training in float32 on {device.type}")
     out_dir = Path(out_dir)
     seed_everything(cfg.seed)
     purifier, arch = resolve_arch(cfg)
     channels = purifier.in_channels
     source, held_out, eval_desc = make_source(cfg, channels, log)
+    source.keep = distributed.rows(cfg.batch_size)
     feature_model, layer, is_classifier, feature_note = load_feature_model(cfg.feature_model, cfg.layer, log)
     trainer = PurifierTrainer(cfg, purifier, feature_model, layer, is_classifier, device)
     try:
@@ -550,12 +645,17 @@ def train_purifier(cfg: PurifierConfig, out_dir: str | Path, work_dir: str | Pat
 
     work = Path(work_dir) if work_dir else out_dir / ".train" / cfg.name
     log(f"{cfg.name}: {cfg.arch} ({count_parameters(purifier):,} parameters) on {device}, data {cfg.data}, "
-        f"features {feature_note}, adversary {cfg.adversary}, weights {trainer.weights}")
-    result = run_steps(cfg.name, cfg.steps, lambda step, x: trainer.step(x, step), work=work,
+        f"features {feature_note}, adversary {cfg.adversary}, weights {trainer.weights}"
+        + (f"; {size} processes × {cfg.batch_size // size} images" if size > 1 else "")
+        + (f", {cfg.accum} accumulation steps" if cfg.accum > 1 else ""))
+    result = run_steps(cfg.name, cfg.steps,
+                       lambda step, x: trainer.step(x, step), work=work,
                        config_key=_config_key(cfg), state_fn=trainer.state_dict, load_fn=trainer.load_state_dict,
                        resume=resume, save_every=cfg.save_every, log_every=cfg.log_every, log=log,
                        batches=lambda start, stop: _batches(source, start, stop, cfg.workers))
     last, elapsed = result.last, result.elapsed
+    if not distributed.is_main():  # rank 0 evaluates and writes; the others return its card
+        return distributed.broadcast(None)
 
     metrics: dict[str, Any] = {f"final_loss_{k}": round(v, 6) for k, v in last.items() if math.isfinite(v)}
     if cfg.eval_images > 0:
@@ -580,4 +680,10 @@ def train_purifier(cfg: PurifierConfig, out_dir: str | Path, work_dir: str | Pat
         "command": command or " ".join(shlex.quote(a) for a in sys.argv),
     }
     card["training"]["betas"] = list(cfg.betas)
-    return save_checkpoint(trainer.purifier.cpu(), out_dir / f"{cfg.name}.safetensors", card)
+    card["training"]["processes"] = size
+    return distributed.broadcast(save_checkpoint(trainer.purifier.cpu(), out_dir / f"{cfg.name}.safetensors",
+                                                 card))
+
+
+def _quiet(_: str) -> None:
+    """The log of ranks other than 0."""
