@@ -102,18 +102,12 @@ def broadcast(obj: Any) -> Any:
 
 
 def rows(n: int) -> slice:
-    """This rank's rows of a global batch of ``n`` (equal consecutive parts; ``n`` must be divisible by the world
-    size, see :func:`check_divisible`)."""
+    """This rank's rows of a global batch of ``n``: consecutive parts, as ``torch.tensor_split`` cuts them (the
+    first ``n % world`` ranks take one row more)."""
     rank, size = world()
-    k = n // size
-    return slice(rank * k, (rank + 1) * k)
-
-
-def check_divisible(n: int, what: str = "batch size") -> None:
-    """Raise ValueError unless the global ``n`` splits evenly over the ranks."""
-    size = world()[1]
-    if n % size:
-        raise ValueError(f"the {what} {n} does not split evenly over {size} processes")
+    base, extra = divmod(n, size)
+    lo = rank * base + min(rank, extra)
+    return slice(lo, lo + base + (1 if rank < extra else 0))
 
 
 def global_like(x: torch.Tensor, draw: Any, total: tuple[int, int] | None) -> torch.Tensor:

@@ -65,6 +65,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from .. import distributed
     from ..eval.audit import audit
     from ..eval.preflight import accuracy_lines, clean_accuracy, label_by_model
     from ..models.domain import adapt_channels, check_domain, input_domain
@@ -82,7 +83,8 @@ def run(args: argparse.Namespace) -> int:
     if (out / "audit.json").exists() and not args.overwrite:
         raise AdvshieldError(f"{out / 'audit.json'} already exists; not overwriting it (pass --overwrite)")
     check_norm_flags([args.model], args)
-    device = pick_device(args.device)
+    device = distributed.local_device(pick_device(args.device))
+    distributed.init(device)  # under torchrun: join the process group; blocks of samples are sharded
     model = open_model(args.model, args, "--model")
     data = load_data(args)
     shape = tuple(int(v) for v in data.images.shape[1:])
@@ -92,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
     model = model.to(device).eval()
     if (data.labels < 0).any():
         data = label_by_model(model, data, args.batch_size, device)
-        print(f"labels: the clean predictions of --model {args.model} (--labels model or no class sub-folders)")
+        print_lines([f"labels: the clean predictions of --model {args.model} (--labels model or no class sub-folders)"])
     correct, total, classes = clean_accuracy(model, data.batches(args.batch_size), device)
     if int(data.labels.max()) >= classes:
         raise AdvshieldError(f"--model {args.model} has {classes} classes, but the data hold label "
@@ -104,11 +106,13 @@ def run(args: argparse.Namespace) -> int:
         res = audit(model, defense, x, data.labels, args.eps, args.norm, args.version, steps=args.steps,
                     eot=args.eot, draws=args.draws, n_queries=args.n_queries, seed=args.seed,
                     batch_size=args.batch_size, adapt_channels=args.adapt_channels, device=device,
-                    log=lambda s: print(f"  {s}", file=sys.stderr))
+                    log=lambda s: print(f"  {s}", file=sys.stderr) if distributed.is_main() else None)
     except AdvshieldError as e:
         raise AdvshieldError(f"--defense {args.defense}: {e}" if defense is not None else str(e)) from None
+    if not distributed.is_main():  # every rank holds the gathered result; rank 0 writes it
+        return 0
     res.meta.update({"model": args.model, "defense": args.defense, "data": args.data, "command": command_line(),
-                     "torch": torch.__version__, "device": str(device)})
+                     "torch": torch.__version__, "device": str(device), "world_size": distributed.world()[1]})
     classes = getattr(data, "classes", None)
     if isinstance(classes, (list, tuple)) and all(isinstance(c, str) for c in classes):
         res.meta["classes"] = list(classes)

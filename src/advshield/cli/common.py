@@ -232,16 +232,17 @@ def add_runtime_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=thread_count, default=None, help="CPU threads for torch")
 
 
-def add_scale_flags(p: argparse.ArgumentParser) -> None:
-    """Flags of a trainer that scales out (torchrun): --amp, --accum, --workers."""
+def add_scale_flags(p: argparse.ArgumentParser, workers: bool = True) -> None:
+    """Flags of a trainer that scales out (torchrun): --amp, --accum and (reading from disk) --workers."""
     p.add_argument("--amp", nargs="?", const="bf16", choices=("bf16", "fp16"), default=None,
                    help="mixed precision on CUDA: bf16 (the default when given alone) or fp16 with loss scaling; "
                         "a no-op with a note on CPU")
     p.add_argument("--accum", type=positive_int, default=1, metavar="K",
                    help="gradient accumulation: each process's share of a batch runs as K parts (keeps the global "
                         "--batch-size when the process count changes; default 1)")
-    p.add_argument("--workers", type=worker_count, default=0,
-                   help="DataLoader worker processes reading the training data (default 0)")
+    if workers:
+        p.add_argument("--workers", type=worker_count, default=0,
+                       help="DataLoader worker processes reading the training data (default 0)")
 
 
 def apply_runtime(args: argparse.Namespace) -> None:

@@ -8,7 +8,16 @@ from pathlib import Path
 from ..errors import AdvshieldError
 from ..models.recipes import CLASSIFIER_RECIPES
 from ..registry import MODELS
-from .common import add_runtime_flags, apply_runtime, batch_int, command_line, plain_name, positive_float, positive_int
+from .common import (
+    add_runtime_flags,
+    add_scale_flags,
+    apply_runtime,
+    batch_int,
+    command_line,
+    plain_name,
+    positive_float,
+    positive_int,
+)
 from .train_autoencoder import add_autoencoder_parser
 from .train_fru import add_fru_parser
 from .train_purifier import add_purifier_parser
@@ -32,6 +41,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--out-dir", default="zoo", help="where NAME.safetensors and NAME.json go (default zoo)")
     c.add_argument("--fresh", action="store_true", help="ignore a saved training state and start over")
     c.add_argument("--overwrite", action="store_true", help="replace an existing NAME.safetensors in --out-dir")
+    add_scale_flags(c, workers=False)
     add_runtime_flags(c)
     c.set_defaults(run=run_classifier)
     add_purifier_parser(tsub)
@@ -40,6 +50,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run_classifier(args: argparse.Namespace) -> int:
+    from ..distributed import is_main
     from ..train.classifier import ClassifierConfig, train_classifier
 
     apply_runtime(args)
@@ -61,10 +72,12 @@ def run_classifier(args: argparse.Namespace) -> int:
             base[key] = getattr(args, key)
     base.update(arch=arch)
     cfg = ClassifierConfig(name=name, dataset=args.dataset, data_root=args.data_root, seed=args.seed,
-                           device=args.device, **base)
+                           device=args.device, amp=args.amp, accum=args.accum, **base)
     out = Path(args.out_dir) / f"{name}.safetensors"
     if out.exists() and not args.overwrite:
         raise AdvshieldError(f"{out} exists; pass --overwrite to replace it")
     card = train_classifier(cfg, args.out_dir, resume=not args.fresh, command=command_line())
+    if not is_main():
+        return 0
     print(f"wrote {out} (clean accuracy {card['metrics']['clean_accuracy']:.4f})")
     return 0

@@ -7,6 +7,7 @@ from pathlib import Path
 from ..errors import AdvshieldError
 from .common import (
     add_runtime_flags,
+    add_scale_flags,
     apply_runtime,
     batch_int,
     budget_pixels,
@@ -72,11 +73,13 @@ def add_autoencoder_parser(tsub: argparse._SubParsersAction) -> None:
     r.add_argument("--fresh", dest="fresh", action="store_true", help="ignore a saved training state, start over")
     p.set_defaults(fresh=False)
     p.add_argument("--overwrite", action="store_true", help="replace an existing NAME.safetensors in --out-dir")
+    add_scale_flags(p, workers=False)
     add_runtime_flags(p)
     p.set_defaults(run=run_autoencoder)
 
 
 def run_autoencoder(args: argparse.Namespace) -> int:
+    from ..distributed import is_main
     from ..train.autoencoder import AutoencoderConfig, check_config, train_autoencoder
 
     apply_runtime(args)
@@ -88,12 +91,14 @@ def run_autoencoder(args: argparse.Namespace) -> int:
         pgd_steps=args.pgd_steps, clean_fraction=args.clean_fraction, steps=args.steps, epochs=args.epochs,
         batch_size=args.batch_size, lr=args.lr, beta=args.beta, guide=args.guide, eval_eps=args.eval_eps,
         eval_images=args.eval_images, save_every=args.save_every, log_every=args.log_every, seed=args.seed,
-        device=args.device, data_root=args.data_root, threads=args.threads)
+        device=args.device, data_root=args.data_root, threads=args.threads, amp=args.amp, accum=args.accum)
     check_config(cfg)
     out = Path(args.out_dir) / f"{args.name}.safetensors"
     if out.exists() and not args.overwrite:
         raise AdvshieldError(f"{out} exists; pass --overwrite to replace it")
     card = train_autoencoder(cfg, args.out_dir, resume=not args.fresh, command=command_line())
+    if not is_main():
+        return 0
     m = card["metrics"]
     extra = (f" (clean {m['clean_accuracy']:.4f}, FGSM {m['fgsm_accuracy']:.4f}, PGD-40 {m['pgd_accuracy']:.4f} "
              f"at eps {m['eval_eps'] * 255:g}/255)" if "pgd_accuracy" in m else "")

@@ -7,6 +7,7 @@ from pathlib import Path
 from ..errors import AdvshieldError
 from .common import (
     add_runtime_flags,
+    add_scale_flags,
     apply_runtime,
     batch_int,
     command_line,
@@ -58,11 +59,13 @@ def add_fru_parser(tsub: argparse._SubParsersAction) -> None:
     p.add_argument("--out-dir", default="zoo")
     p.add_argument("--fresh", action="store_true", help="ignore a saved training state and start over")
     p.add_argument("--overwrite", action="store_true", help="replace an existing NAME.safetensors in --out-dir")
+    add_scale_flags(p, workers=False)
     add_runtime_flags(p)
     p.set_defaults(run=run_fru)
 
 
 def run_fru(args: argparse.Namespace) -> int:
+    from ..distributed import is_main
     from ..train.fru import FRUConfig, check_config, train_fru
 
     apply_runtime(args)
@@ -76,12 +79,14 @@ def run_fru(args: argparse.Namespace) -> int:
                     negate=args.negate,
                     steps=args.steps, batch_size=args.batch_size, lr=args.lr, save_every=args.save_every,
                     eval_images=args.eval_images, seed=args.seed, device=args.device, data_root=args.data_root,
-                    threads=args.threads)
+                    threads=args.threads, amp=args.amp, accum=args.accum)
     check_config(cfg)
     out = Path(args.out_dir) / f"{name}.safetensors"
     if out.exists() and not args.overwrite:
         raise AdvshieldError(f"{out} exists; pass --overwrite to replace it")
     card = train_fru(cfg, args.out_dir, resume=not args.fresh, command=command_line())
+    if not is_main():
+        return 0
     m = card["metrics"]
     extra = f" (clean {m['base_clean_accuracy']:.4f} → {m['clean_accuracy']:.4f})" if "clean_accuracy" in m else ""
     print(f"wrote {out}{extra}")

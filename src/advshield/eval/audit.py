@@ -31,6 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .. import distributed
 from ..attacks.apgd import APGD
 from ..attacks.base import seeded
 from ..attacks.pgd import PGD
@@ -39,6 +40,7 @@ from ..checks import check_eps, check_images, check_labels, check_steps
 from ..defenses.base import Defense
 from ..defenses.purifier import defend
 from ..errors import AdvshieldError
+from ..utils import mix
 from .engine import shrink
 
 VERSIONS = ("auto", "quick")
@@ -214,15 +216,6 @@ def audit(model: nn.Module, defense: Any, x: torch.Tensor, y: torch.Tensor, eps:
         notes.append(f"randomized defense (two forward passes differ): EOT {eot} per gradient step, each sample "
                      f"scored over {draws} draws")
 
-    with seeded(seed):
-        clean = _correct(guarded, x, y, runs, batch_size)
-    clean_all = clean.all(0)
-    per_sample: dict[str, torch.Tensor] = {"clean": clean_all}
-    per_attack = {"clean": float(clean.float().mean())}
-    majority = {"clean": clean.float().mean(0) > 0.5}
-    todo = clean_all.to(device)
-    say(f"clean accuracy {per_attack['clean']:.3f} ({'randomized' if randomized else 'deterministic'} defense)")
-
     # differentiability, measured on the defended model
     diff = inner is not None
     zero_share = 0.0
@@ -241,28 +234,28 @@ def audit(model: nn.Module, defense: Any, x: torch.Tensor, y: torch.Tensor, eps:
         if not diff:
             flags.append("non-differentiable")
 
-    def apgd_pair(target: nn.Module, e: float = eps, k: int = steps) -> Callable[[torch.Tensor, torch.Tensor,
-                                                                                    torch.Tensor], torch.Tensor]:
+    lp = "Linf" if norm == "linf" else "L2"
+
+    def apgd_pair(target: nn.Module, e: float = eps, k: int = steps) -> Mode:
         """APGD-CE, then APGD-DLR on what CE left robust (DLR needs ≥ 4 classes)."""
-        def run(xx: torch.Tensor, yy: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-            kw = dict(norm="Linf" if norm == "linf" else "L2", eps=e, steps=k, eot_iter=eot_iter)
-            x1 = _attack(lambda: APGD(target, loss="ce", **kw), xx, yy, mask, seed, batch_size)
-            with seeded(seed):
+        def run(xx: torch.Tensor, yy: torch.Tensor, mask: torch.Tensor, sd: int) -> torch.Tensor:
+            kw = dict(norm=lp, eps=e, steps=k, eot_iter=eot_iter)
+            x1 = _attack(lambda: APGD(target, loss="ce", **kw), xx, yy, mask, sd, batch_size)
+            with seeded(mix(sd, "still")):
                 still = _correct(guarded, x1, yy, runs, batch_size).all(0).to(device) & mask
             n_classes = int(raw.shape[1])
             if n_classes >= 4 and still.any():
-                x2 = _attack(lambda: APGD(target, loss="dlr", **kw), xx, yy, still, seed + 7919, batch_size)
+                x2 = _attack(lambda: APGD(target, loss="dlr", **kw), xx, yy, still, mix(sd, "dlr"), batch_size)
                 x1 = torch.where(still.view(-1, 1, 1, 1), x2, x1)
             return x1
 
         return run
 
-    modes: list[tuple[str, Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]]] = []
+    modes: list[tuple[str, Mode]] = []
     if inner is not None:
         modes.append(("transfer (APGD-CE on the undefended model)",
-                      lambda xx, yy, m: _attack(lambda: APGD(model, norm="Linf" if norm == "linf" else "L2",
-                                                             eps=eps, steps=steps, loss="ce"), xx, yy, m, seed,
-                                                batch_size)))
+                      lambda xx, yy, m, sd: _attack(lambda: APGD(model, norm=lp, eps=eps, steps=steps, loss="ce"),
+                                                    xx, yy, m, sd, batch_size)))
     if diff or inner is None:
         label = "white-box APGD-CE+DLR" if inner is None else "full gradient APGD-CE+DLR through the defense"
         modes.append((label + (f", EOT {eot}" if randomized else ""), apgd_pair(guarded)))
@@ -270,24 +263,38 @@ def audit(model: nn.Module, defense: Any, x: torch.Tensor, y: torch.Tensor, eps:
         modes.append(("BPDA APGD-CE+DLR (backward through the substitute)" + (f", EOT {eot}" if randomized else ""),
                       apgd_pair(nn.Sequential(_BPDA(inner), model))))
     modes.append((f"Square ({n_queries} queries, gradient-free)",
-                  lambda xx, yy, m: _attack(lambda: Square(guarded, norm="Linf" if norm == "linf" else "L2", eps=eps,
-                                                           n_queries=n_queries), xx, yy, m, seed, batch_size)))
+                  lambda xx, yy, m, sd: _attack(lambda: Square(guarded, norm=lp, eps=eps, n_queries=n_queries),
+                                                xx, yy, m, sd, batch_size)))
 
+    # every threat model on blocks of ``batch_size`` samples; block b runs on rank b % N under torchrun, its
+    # randomness (attack seeds, draws, defense noise) restarted from (seed, block start): 1 and N processes agree
+    ex_rows = _example_rows(len(x), examples, seed)
+    rank, size = distributed.world()
+    blocks = []
+    for b, sl in enumerate(_batches(len(x), batch_size)):
+        if b % size == rank:
+            t1 = time.time()
+            blocks.append((b, _block(guarded, modes, x[sl], y[sl], sl.start, ex_rows, runs, seed, batch_size)))
+            say(f"samples {sl.start}–{sl.stop} done ({time.time() - t1:.1f} s)")
+    if size > 1:
+        blocks = sorted((p for ps in distributed.gather(blocks) for p in ps), key=lambda p: p[0])
+    clean = torch.cat([blk["clean"] for _, blk in blocks], 1)
+    clean_all = clean.all(0)
+    per_sample: dict[str, torch.Tensor] = {"clean": clean_all}
+    per_attack = {"clean": float(clean.float().mean())}
+    say(f"clean accuracy {per_attack['clean']:.3f} ({'randomized' if randomized else 'deterministic'} defense)")
     robust = clean_all.clone()
-    robust_major = majority["clean"].clone()
+    robust_major = clean.float().mean(0) > 0.5
     adv_for: dict[str, torch.Tensor] = {}
-    for label, run in modes:
-        t1 = time.time()
-        x_adv = run(x, y, todo)
-        adv_for[label] = x_adv
-        with seeded(seed + 1):
-            ok = _correct(guarded, x_adv, y, runs, batch_size) & clean_all
+    for label, _ in modes:
+        ok = torch.cat([blk[label] for _, blk in blocks], 1)
+        adv_for[label] = torch.cat([blk["ex/" + label] for _, blk in blocks])
         survive = ok.all(0)
         per_sample[label] = survive
         per_attack[label] = float(survive.float().mean())
         robust &= survive
         robust_major &= ok.float().mean(0) > 0.5
-        say(f"{label}: {per_attack[label]:.3f} ({time.time() - t1:.1f} s)")
+        say(f"{label}: {per_attack[label]:.3f}")
 
     white = [v for k, v in per_attack.items() if k.startswith(("full", "BPDA", "white-box"))]
     best_white = min(white) if white else None
@@ -302,39 +309,50 @@ def audit(model: nn.Module, defense: Any, x: torch.Tensor, y: torch.Tensor, eps:
                 notes.append(f"transfer-beats-white-box: transfer {100 * v:.1f} % < best white-box "
                              f"{100 * best_white:.1f} %")
 
-    # sanity checks on a subset, with the strongest white-box route
-    sub = min(len(x), 100)
-    xs, ys = x[:sub], y[:sub]
-    route = guarded if (diff or inner is None) else nn.Sequential(_BPDA(inner), model)
-    unb_eps = 1.0 if norm == "linf" else float(math.sqrt(xs[0].numel()))
-    with seeded(seed):
-        x_unb = PGD(route, eps=unb_eps, alpha=unb_eps / 10, steps=20, random_start=True)(xs, ys) if norm == "linf" \
-            else _attack(lambda: APGD(route, norm="L2", eps=unb_eps, steps=20), xs, ys,
+    def sanity() -> tuple[list[str], list[str], float, list[float]]:
+        """Sanity checks on the first 100 samples with the strongest white-box route: (flags, notes,
+        accuracy under an unbounded attack, accuracy at eps × 0.25, 0.5, 1)."""
+        fl: list[str] = []
+        nt: list[str] = []
+        sub = min(len(x), 100)
+        xs, ys = x[:sub], y[:sub]
+        route = guarded if (diff or inner is None) else nn.Sequential(_BPDA(inner), model)
+        unb_eps = 1.0 if norm == "linf" else float(math.sqrt(xs[0].numel()))
+        with seeded(seed):
+            x_unb = PGD(route, eps=unb_eps, alpha=unb_eps / 10, steps=20, random_start=True)(xs, ys) \
+                if norm == "linf" else _attack(lambda: APGD(route, norm="L2", eps=unb_eps, steps=20), xs, ys,
+                             torch.ones(sub, dtype=torch.bool, device=device), seed, batch_size)
+            unb = float(_correct(guarded, x_unb, ys, 1, batch_size).float().mean())
+        if unb > 0.1:
+            fl.append("unbounded-attack-fails")
+            nt.append(f"unbounded-attack-fails: with eps = {unb_eps:g} the white-box attack leaves "
+                      f"{100 * unb:.0f} % accuracy (should be ~0): the attack does not reach the model")
+        curve = []
+        for frac in (0.25, 0.5, 1.0):
+            xe = _attack(lambda f=frac: APGD(route, norm="Linf" if norm == "linf" else "L2", eps=eps * f,
+                                             steps=min(steps, 20), eot_iter=eot_iter), xs, ys,
                          torch.ones(sub, dtype=torch.bool, device=device), seed, batch_size)
-        unb = float(_correct(guarded, x_unb, ys, 1, batch_size).float().mean())
-    if unb > 0.1:
-        flags.append("unbounded-attack-fails")
-        notes.append(f"unbounded-attack-fails: with eps = {unb_eps:g} the white-box attack leaves {100 * unb:.0f} % "
-                     "accuracy (should be ~0): the attack does not reach the model")
-    curve = []
-    for frac in (0.25, 0.5, 1.0):
-        xe = _attack(lambda f=frac: APGD(route, norm="Linf" if norm == "linf" else "L2", eps=eps * f,
-                                         steps=min(steps, 20), eot_iter=eot_iter), xs, ys,
-                     torch.ones(sub, dtype=torch.bool, device=device), seed, batch_size)
-        with seeded(seed + 1):
-            curve.append(float(_correct(guarded, xe, ys, 1, batch_size).float().mean()))
-    if any(b > a + 0.02 for a, b in zip(curve, curve[1:])):
-        flags.append("not-monotone-in-eps")
-        notes.append(f"not-monotone-in-eps: accuracy at eps × 0.25, 0.5, 1 = {', '.join(f'{c:.2f}' for c in curve)}")
-    if randomized:  # a randomized defense draws new noise on every call: two runs differ by design
-        again = twice = xs
-    else:
-        again, twice = _repeat(route, xs, ys, eps, norm, min(steps, 20), seed, batch_size, device)
-    if not torch.equal(again, twice):
-        flags.append("not-reproducible")
-        notes.append("not-reproducible: the same attack with the same seed gave different images")
+            with seeded(seed + 1):
+                curve.append(float(_correct(guarded, xe, ys, 1, batch_size).float().mean()))
+        if any(b > a + 0.02 for a, b in zip(curve, curve[1:])):
+            fl.append("not-monotone-in-eps")
+            nt.append("not-monotone-in-eps: accuracy at eps × 0.25, 0.5, 1 = "
+                      + ", ".join(f"{c:.2f}" for c in curve))
+        if randomized:  # a randomized defense draws new noise on every call: two runs differ by design
+            again = twice = xs
+        else:
+            again, twice = _repeat(route, xs, ys, eps, norm, min(steps, 20), seed, batch_size, device)
+        if not torch.equal(again, twice):
+            fl.append("not-reproducible")
+            nt.append("not-reproducible: the same attack with the same seed gave different images")
+        return fl, nt, unb, curve
 
-    kept = _examples(guarded, x, y, adv_for, examples, seed)
+    # on rank 0 (under torchrun), the others take its answer
+    more_flags, more_notes, unb, curve = distributed.broadcast(sanity() if distributed.is_main() else None)
+    flags += more_flags
+    notes += more_notes
+
+    kept = _examples(guarded, x, y, adv_for, ex_rows, seed)
     n = len(x)
     k = int(robust.sum())
     meta = {"eps": eps, "eps_255": round(eps * 255, 4), "norm": norm, "version": version, "steps": steps,
@@ -348,18 +366,58 @@ def audit(model: nn.Module, defense: Any, x: torch.Tensor, y: torch.Tensor, eps:
                        meta, kept)
 
 
+Mode = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, int], torch.Tensor]  # (x, y, todo, seed) → x_adv
+
+
+def _restart(guarded: nn.Module, stream: int) -> None:
+    """Seed torch's global RNG and every seeded noise source of the defense (``restart_noise``) from ``stream``."""
+    torch.manual_seed(stream)
+    for m in guarded.modules():
+        restart = getattr(m, "restart_noise", None)
+        if callable(restart):
+            restart(stream)
+
+
+def _block(guarded: nn.Module, modes: list[tuple[str, Mode]], x: torch.Tensor, y: torch.Tensor, start: int,
+           ex_rows: torch.Tensor, runs: int, seed: int, batch: int) -> dict[str, torch.Tensor]:
+    """Every threat model on the samples ``x`` (global indices from ``start``): {"clean": runs×n bool,
+    LABEL: runs×n bool (correct under that mode, and clean), "ex/LABEL": the adversarial images of the example
+    rows in this block}. All randomness restarts from (seed, start), whatever else ran before."""
+    devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+    mine = ex_rows[(ex_rows >= start) & (ex_rows < start + len(x))] - start
+    with torch.random.fork_rng(devices=devices):
+        _restart(guarded, mix(seed, start, "clean"))
+        clean = _correct(guarded, x, y, runs, batch)
+        todo = clean.all(0).to(x.device)
+        out = {"clean": clean}
+        for i, (label, run) in enumerate(modes):
+            _restart(guarded, mix(seed, start, i))
+            x_adv = run(x, y, todo, mix(seed, start, i, "attack"))
+            _restart(guarded, mix(seed, start, i, "score"))
+            out[label] = _correct(guarded, x_adv, y, runs, batch) & clean.all(0)
+            out["ex/" + label] = x_adv[mine.to(x.device)].cpu()
+    return out
+
+
+def _example_rows(n: int, k: int, seed: int) -> torch.Tensor:
+    """``k`` seeded sample indices (sorted) kept as report examples."""
+    if k <= 0 or not n:
+        return torch.empty(0, dtype=torch.long)
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:k].sort().values
+
+
 @torch.no_grad()
-def _examples(guarded: nn.Module, x: torch.Tensor, y: torch.Tensor, adv_for: dict[str, torch.Tensor], k: int,
-              seed: int) -> dict[str, torch.Tensor]:
-    """``k`` seeded samples: clean and adversarial images per mode (shrunk for the report) and the defended
-    model's prediction on each (one draw, seeded; the RNG outside is left as it was)."""
-    if k <= 0 or not len(x):
+def _examples(guarded: nn.Module, x: torch.Tensor, y: torch.Tensor, adv_for: dict[str, torch.Tensor],
+              rows: torch.Tensor, seed: int) -> dict[str, torch.Tensor]:
+    """The samples ``rows``: clean and adversarial images per mode (``adv_for``: label → those rows' images;
+    shrunk for the report) and the defended model's prediction on each (one draw, seeded; the RNG outside is
+    left as it was)."""
+    if not len(rows):
         return {}
-    rows = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:k].sort().values
     dev = x.device
     out = {"index": rows.clone(), "labels": y[rows.to(y.device)].cpu(), "clean": shrink(x[rows.to(dev)]).cpu()}
     for label, xa in adv_for.items():
-        xr = xa[rows.to(xa.device)]
+        xr = xa.to(dev)
         with seeded(seed + 2):
             out[f"pred/{label}"] = guarded(xr).argmax(1).cpu()
         out[f"adv/{label}"] = shrink(xr).cpu()

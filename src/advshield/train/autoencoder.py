@@ -19,6 +19,7 @@ resumed run equals the uninterrupted one.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import shlex
@@ -31,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import distributed
 from ..attacks.base import Attack
 from ..attacks.fgsm import FGSM
 from ..attacks.pgd import PGD
@@ -79,11 +81,15 @@ class AutoencoderConfig:
     device: str = "auto"
     data_root: str | None = None
     threads: int | None = None
+    amp: str | None = None  # "bf16" / "fp16" autocast on CUDA; ignored elsewhere
+    accum: int = 1  # gradient accumulation: each process's rows of a batch run as this many parts
     arch_args: dict[str, Any] = field(default_factory=dict)  # filled in from AE_CONFIGS
 
 
-# settings that may change between a run and its resume without changing the result
-_RUNTIME_KEYS = ("device", "data_root", "threads", "save_every", "eval_images", "arch_args", "log_every")
+# settings that may change between a run and its resume without changing the result (``accum`` and the process
+# count change only batch-norm statistics of a micro-batch)
+_RUNTIME_KEYS = ("device", "data_root", "threads", "save_every", "eval_images", "arch_args", "log_every", "amp",
+                 "accum")
 
 
 def _config_key(cfg: AutoencoderConfig) -> str:
@@ -164,16 +170,29 @@ class BatchSource:
 
 
 class AutoencoderTrainer:
-    """The purifier net, its optimiser, the frozen classifier and one training step."""
+    """The purifier net, its optimiser, the frozen classifier and one training step.
+
+    Under torchrun each rank trains on its rows of every batch (DistributedDataParallel, batch norms over the global
+    batch); the clean/adversarial split, the attack's random start and the latent noise are drawn for the whole
+    batch and sliced, so N processes take the same steps as one."""
 
     def __init__(self, cfg: AutoencoderConfig, net: nn.Module, classifier: nn.Module, train: TensorDataset,
                  device: torch.device) -> None:
         self.cfg, self.device = cfg, device
         self.net = net.to(device)
         self.classifier = classifier.to(device).eval().requires_grad_(False)
+        self.parallel = distributed.world()[1] > 1
+        self.model: nn.Module = self.net  # what the step calls (DDP-wrapped under torchrun)
+        if self.parallel:
+            from torch.nn.parallel import DistributedDataParallel
+
+            distributed.global_batchnorm(self.net)
+            self.model = DistributedDataParallel(self.net, device_ids=[device] if device.type == "cuda" else None)
         self.opt = torch.optim.Adam(self.net.parameters(), lr=cfg.lr)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=cfg.amp == "fp16" and device.type == "cuda")
         self.train_set = train
         self.source = BatchSource(len(train), cfg.batch_size, cfg.seed)
+        self.rows = distributed.rows(cfg.batch_size)
 
     def state_dict(self) -> dict[str, Any]:
         return {"net": self.net.state_dict(), "opt": self.opt.state_dict()}
@@ -183,21 +202,27 @@ class AutoencoderTrainer:
         self.opt.load_state_dict(state["opt"])
 
     def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        idx = self.source.indices(step)
+        """This process's rows of step ``step``'s batch (all of it in one process)."""
+        idx = self.source.indices(step)[self.rows]
         return to_float(self.train_set.images[idx]).to(self.device), self.train_set.labels[idx].to(self.device)
 
     def inputs(self, x: torch.Tensor, y: torch.Tensor, step: int) -> tuple[torch.Tensor, dict[str, float]]:
-        """The net's input for step ``step``: clean head, adversarial tail. Returns it and {"eps": …}."""
+        """The net's input for step ``step``: clean head, adversarial tail of the whole batch (x: this process's
+        rows of it). Returns it and {"eps": …}."""
         cfg = self.cfg
         gen = step_generator(cfg.seed, step, _ADV)
         eps = cfg.eps_min + (cfg.eps_max - cfg.eps_min) * float(torch.rand(1, generator=gen))
         name = cfg.attacks[int(torch.randint(len(cfg.attacks), (1,), generator=gen))]
-        n_clean = int(round(cfg.clean_fraction * len(x)))
-        if n_clean >= len(x) or eps == 0:
+        total, lo = cfg.batch_size, self.rows.start
+        n_clean = int(round(cfg.clean_fraction * total))
+        head = min(len(x), max(0, n_clean - lo))  # this shard's clean rows
+        if head >= len(x) or eps == 0:
             return x, {"eps": eps * 255}
         atk = make_attack(name, self.classifier, eps, cfg.pgd_steps)
         atk.seed = step_seed(cfg.seed, step, _ADV)
-        return torch.cat([x[:n_clean], atk(x[n_clean:], y[n_clean:])]), {"eps": eps * 255}
+        if self.parallel:
+            atk.shard = (lo + head - n_clean, total - n_clean)
+        return torch.cat([x[:head], atk(x[head:], y[head:])]), {"eps": eps * 255}
 
     def guide_loss(self, x: torch.Tensor, recon: torch.Tensor) -> torch.Tensor:
         """KL(softmax f(x) ‖ softmax f(recon)) averaged over the batch (f frozen; gradient flows to recon)."""
@@ -210,26 +235,45 @@ class AutoencoderTrainer:
         x, y = self.batch(step)
         x_in, info = self.inputs(x, y, step)
         self.net.train()
-        noise = step_generator(self.cfg.seed, step, _NOISE)
+        parts = list(zip(x.tensor_split(max(1, min(self.cfg.accum, len(x)))),
+                         x_in.tensor_split(max(1, min(self.cfg.accum, len(x))))))
+        sums: dict[str, float] = {}
+        self.opt.zero_grad(set_to_none=True)
+        at = self.rows.start
+        for i, (xc, xi) in enumerate(parts):
+            noise = getattr(self.net, "noise", None)
+            if noise is not None:
+                noise.shard = None if len(xc) == self.cfg.batch_size else (at, self.cfg.batch_size)
+            sync = contextlib.nullcontext() if (i == len(parts) - 1 or not self.parallel) else self.model.no_sync()
+            with sync, torch.autocast("cuda", dtype=torch.bfloat16 if self.cfg.amp == "bf16" else torch.float16,
+                                      enabled=bool(self.cfg.amp) and self.device.type == "cuda"):
+                loss, out = self._loss(xc, xi, step_generator(self.cfg.seed, step, _NOISE))
+                self.scaler.scale(loss / len(parts)).backward()
+            for k, v in out.items():
+                sums[k] = sums.get(k, 0.0) + v / len(parts)
+            at += len(xc)
+        self.scaler.step(self.opt)
+        self.scaler.update()
+        return {**sums, **info}
+
+    def _loss(self, x: torch.Tensor, x_in: torch.Tensor, noise: torch.Generator
+              ) -> tuple[torch.Tensor, dict[str, float]]:
+        """The loss on one micro-batch (clean x, net input x_in) and its logged terms."""
         out: dict[str, float] = {}
         if self.cfg.kind == "vae":
-            recon, kl = self.net.elbo_terms(x_in, generator=noise)
-            mse = F.mse_loss(recon, x)
-            kl_px = kl.mean() / x[0].numel()
-            loss = mse + self.cfg.beta * kl_px
-            out["kl"] = float(kl.mean().detach())
+            recon, kl = self.model(x_in, generator=noise, elbo=True)
+            mse = F.mse_loss(recon.float(), x)
+            loss = mse + self.cfg.beta * kl.float().mean() / x[0].numel()
+            out["kl"] = float(kl.float().mean().detach())
         else:
-            recon = self.net(x_in, generator=noise)
-            mse = F.mse_loss(recon, x)
+            recon = self.model(x_in, generator=noise)
+            mse = F.mse_loss(recon.float(), x)
             loss = mse
         if self.cfg.guide > 0:
             guide = self.guide_loss(x, recon)
             loss = loss + self.cfg.guide * guide
             out["guide"] = float(guide.detach())
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        self.opt.step()
-        return {"loss": float(loss.detach()), "mse": float(mse.detach()), **out, **info}
+        return loss, {"loss": float(loss.detach()), "mse": float(mse.detach()), **out}
 
 
 @torch.no_grad()
@@ -293,7 +337,15 @@ def train_autoencoder(cfg: AutoencoderConfig, out_dir: str | Path, work_dir: str
     check_config(cfg)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    device = pick_device(cfg.device)
+    device = distributed.local_device(pick_device(cfg.device))
+    _, size = distributed.init(device)
+    if cfg.batch_size % (size * cfg.accum):
+        raise AdvshieldError(f"batch size {cfg.batch_size} does not split into {size} process(es) × {cfg.accum} "
+                             "accumulation steps; pick a multiple of their product")
+    if not distributed.is_main():
+        log = _quiet
+    if cfg.amp and device.type != "cuda":
+        log(f"note: --amp {cfg.amp} applies on CUDA only; training in float32 on {device.type}")
     seed_everything(cfg.seed)
     net, arch = build_net(cfg)
     train, test = _load_data(cfg, net.in_channels, net.image_size)
@@ -307,6 +359,8 @@ def train_autoencoder(cfg: AutoencoderConfig, out_dir: str | Path, work_dir: str
     result = run_steps(cfg.name, steps, trainer.step, work=work, config_key=_config_key(cfg),
                        state_fn=trainer.state_dict, load_fn=trainer.load_state_dict, resume=resume,
                        save_every=cfg.save_every, log_every=cfg.log_every, log=log)
+    if not distributed.is_main():  # rank 0 evaluates and writes; the others return its card
+        return distributed.broadcast(None)
     metrics: dict[str, Any] = {f"final_{k}": round(v, 6) for k, v in result.last.items()
                                if k != "eps" and math.isfinite(v)}
     if cfg.eval_images > 0:
@@ -327,9 +381,14 @@ def train_autoencoder(cfg: AutoencoderConfig, out_dir: str | Path, work_dir: str
                   "note": "other sizes are resized to this one and back"},
         "metrics": metrics,
         "training": {**{k: v for k, v in asdict(cfg).items() if k not in ("data_root", "device", "threads",
-                                                                          "arch_args")},
+                                                                          "arch_args", "amp", "accum")},
                      "total_steps": steps, "loss": _loss_text(cfg),
-                     "train_time_s": round(result.elapsed, 1), "device": str(device), "torch": torch.__version__},
+                     "train_time_s": round(result.elapsed, 1), "device": str(device), "processes": size,
+                     "torch": torch.__version__},
         "command": command or " ".join(shlex.quote(a) for a in sys.argv),
     }
-    return save_checkpoint(net, Path(out_dir) / f"{cfg.name}.safetensors", card)
+    return distributed.broadcast(save_checkpoint(net, Path(out_dir) / f"{cfg.name}.safetensors", card))
+
+
+def _quiet(_: str) -> None:
+    """The log of ranks other than 0."""

@@ -2,9 +2,15 @@
 
 The result goes to the zoo as ``NAME.safetensors`` + ``NAME.json`` whose ``clean_accuracy`` is measured on
 the full test split after training.
+
+Under torchrun every rank draws the same shuffled global batch (and its augmentation) and trains on its rows with
+DistributedDataParallel; batch norms use the global batch's statistics and the loss is the global batch's mean,
+so N processes take the same steps as one process. Rank 0 evaluates, logs and checkpoints; a run resumes on any
+process count.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import shlex
@@ -18,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import distributed
 from ..data import load_dataset
 from ..data.tensors import TensorDataset, to_float
 from ..errors import AdvshieldError
@@ -43,6 +50,11 @@ class ClassifierConfig:
     device: str = "auto"
     data_root: str | None = None
     threads: int | None = None
+    amp: str | None = None  # "bf16" / "fp16" autocast on CUDA; ignored elsewhere
+    accum: int = 1  # gradient accumulation: each process's rows of a batch run as this many parts
+
+
+_RUNTIME_KEYS = ("device", "data_root", "threads", "amp", "accum")
 
 
 def augment_batch(x: torch.Tensor, gen: torch.Generator, pad: int = 2) -> torch.Tensor:
@@ -59,7 +71,7 @@ def augment_batch(x: torch.Tensor, gen: torch.Generator, pad: int = 2) -> torch.
 
 def _config_key(cfg: ClassifierConfig) -> str:
     """The settings that must match for a resume to continue the same run."""
-    keep = {k: v for k, v in asdict(cfg).items() if k not in ("device", "data_root", "threads")}
+    keep = {k: v for k, v in asdict(cfg).items() if k not in _RUNTIME_KEYS}
     return json.dumps(keep, sort_keys=True)
 
 
@@ -79,7 +91,13 @@ def train_classifier(cfg: ClassifierConfig, out_dir: str | Path, work_dir: str |
     """Train, checkpoint each epoch under ``work_dir``, resume from there, then write the zoo entry."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    device = pick_device(cfg.device)
+    device = distributed.local_device(pick_device(cfg.device))
+    rank, size = distributed.init(device)
+    main = distributed.is_main()
+    if not main:
+        log = _quiet
+    if cfg.amp and device.type != "cuda":
+        log(f"note: --amp {cfg.amp} applies on CUDA only; training in float32 on {device.type}")
     out_dir = Path(out_dir)
     work = Path(work_dir) if work_dir else out_dir / ".train" / cfg.name
     work.mkdir(parents=True, exist_ok=True)
@@ -87,11 +105,18 @@ def train_classifier(cfg: ClassifierConfig, out_dir: str | Path, work_dir: str |
     train = load_dataset(cfg.dataset, "train", cfg.data_root)
     test = load_dataset(cfg.dataset, "test", cfg.data_root)
     model = MODELS.get(cfg.arch)(**cfg.arch_args).to(device)
+    net: nn.Module = model
+    if size > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        distributed.global_batchnorm(model)
+        net = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, nesterov=True,
                           weight_decay=cfg.weight_decay)
     steps_per_epoch = -(-len(train) // cfg.batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, epochs=cfg.epochs,
                                                 steps_per_epoch=steps_per_epoch, pct_start=0.15)
+    scaler = torch.amp.GradScaler("cuda", enabled=cfg.amp == "fp16" and device.type == "cuda")
     state_path = work / "state.pt"
     start_epoch, elapsed = 0, 0.0
     if resume and state_path.exists():
@@ -105,42 +130,43 @@ def train_classifier(cfg: ClassifierConfig, out_dir: str | Path, work_dir: str |
         torch.set_rng_state(state["torch_rng"])
         start_epoch, elapsed = int(state["epoch"]), float(state["elapsed"])
         log(f"resuming {cfg.name} at epoch {start_epoch}/{cfg.epochs}")
+    distributed.barrier()  # every rank has read the checkpoint before rank 0 replaces it
     log_path = work / "log.csv"
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.time()
         model.train()
         perm = torch.randperm(len(train), generator=gen)
         total_loss, seen = 0.0, 0
-        bar = progress(range(steps_per_epoch), f"{cfg.name} epoch {epoch + 1}/{cfg.epochs}")
+        bar = progress(range(steps_per_epoch), f"{cfg.name} epoch {epoch + 1}/{cfg.epochs}", disable=not main)
         for step in bar:
             idx = perm[step * cfg.batch_size : (step + 1) * cfg.batch_size]
             x, y = to_float(train.images[idx]), train.labels[idx]
             if cfg.augment:
-                x = augment_batch(x, gen)
-            x, y = x.to(device), y.to(device)
-            loss = F.cross_entropy(model(x), y, label_smoothing=cfg.label_smoothing)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+                x = augment_batch(x, gen)  # drawn for the whole batch on every rank
+            mine = distributed.rows(len(y))
+            loss = _step(net, opt, scaler, x[mine].to(device), y[mine].to(device), len(y), cfg, size, device)
             sched.step()
-            total_loss += float(loss.detach()) * len(y)
+            total_loss += loss
             seen += len(y)
         elapsed += time.time() - t0
-        test_acc = evaluate_accuracy(model, test.subset(2000), device=device)
-        log(f"{cfg.name} epoch {epoch + 1}/{cfg.epochs} loss {total_loss / seen:.4f} "
-            f"test@2k {test_acc:.4f} ({elapsed:.0f}s)")
-        new = not log_path.exists()
-        with open(log_path, "a", newline="") as f:
-            w = csv.writer(f)
-            if new:
-                w.writerow(["epoch", "train_loss", "test_acc_2k", "elapsed_s"])
-            w.writerow([epoch + 1, f"{total_loss / seen:.5f}", f"{test_acc:.4f}", f"{elapsed:.1f}"])
-        with atomic_path(state_path) as tmp:
-            torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
-                        "gen": gen.get_state(), "torch_rng": torch.get_rng_state(), "epoch": epoch + 1,
-                        "config": _config_key(cfg),
-                        "elapsed": elapsed}, tmp)
+        if main:
+            test_acc = evaluate_accuracy(model, test.subset(2000), device=device)
+            log(f"{cfg.name} epoch {epoch + 1}/{cfg.epochs} loss {total_loss / seen:.4f} "
+                f"test@2k {test_acc:.4f} ({elapsed:.0f}s)")
+            new = not log_path.exists()
+            with open(log_path, "a", newline="") as f:
+                w = csv.writer(f)
+                if new:
+                    w.writerow(["epoch", "train_loss", "test_acc_2k", "elapsed_s"])
+                w.writerow([epoch + 1, f"{total_loss / seen:.5f}", f"{test_acc:.4f}", f"{elapsed:.1f}"])
+            with atomic_path(state_path) as tmp:
+                torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
+                            "gen": gen.get_state(), "torch_rng": torch.get_rng_state(), "epoch": epoch + 1,
+                            "config": _config_key(cfg),
+                            "elapsed": elapsed}, tmp)
     model.eval()
+    if not main:  # rank 0 evaluates and writes; the others return its card
+        return distributed.broadcast(None)
     acc = evaluate_accuracy(model, test, device=device)
     log(f"{cfg.name}: clean accuracy on the {len(test)} test images = {acc:.4f}")
     card = {
@@ -150,8 +176,34 @@ def train_classifier(cfg: ClassifierConfig, out_dir: str | Path, work_dir: str |
         "classes": train.classes,
         "metrics": {"clean_accuracy": round(acc, 4), "test_samples": len(test)},
         "training": {**{k: v for k, v in asdict(cfg).items() if k not in ("data_root", "device", "threads")},
-                     "train_time_s": round(elapsed, 1), "device": str(device),
+                     "train_time_s": round(elapsed, 1), "device": str(device), "processes": size,
                      "torch": torch.__version__},
         "command": command or " ".join(shlex.quote(a) for a in sys.argv),
     }
-    return save_checkpoint(model.cpu(), out_dir / f"{cfg.name}.safetensors", card)
+    return distributed.broadcast(save_checkpoint(model.cpu(), out_dir / f"{cfg.name}.safetensors", card))
+
+
+def _step(net: nn.Module, opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler, x: torch.Tensor,
+          y: torch.Tensor, total: int, cfg: ClassifierConfig, size: int, device: torch.device) -> float:
+    """One SGD step on this rank's rows (x, y) of a global batch of ``total``; ``cfg.accum`` micro-batches.
+    Each part's loss is its summed cross-entropy × N / total, so DDP's gradient mean is the global batch mean.
+    Returns the summed loss of the whole global batch (for the epoch log)."""
+    opt.zero_grad(set_to_none=True)
+    parts = list(zip(x.tensor_split(max(1, min(cfg.accum, len(x)))), y.tensor_split(max(1, min(cfg.accum,
+                                                                                                 len(x))))))
+    local = 0.0
+    amp = cfg.amp in ("bf16", "fp16") and device.type == "cuda"
+    for i, (xp, yp) in enumerate(parts):
+        sync = contextlib.nullcontext() if (i == len(parts) - 1 or size == 1) else net.no_sync()
+        with sync, torch.autocast("cuda", dtype=torch.bfloat16 if cfg.amp == "bf16" else torch.float16,
+                                  enabled=amp):
+            loss = F.cross_entropy(net(xp).float(), yp, label_smoothing=cfg.label_smoothing, reduction="sum")
+            scaler.scale(loss * size / total).backward()
+        local += float(loss.detach())
+    scaler.step(opt)
+    scaler.update()
+    return sum(distributed.mean_over_ranks({"loss": local}).values()) * size
+
+
+def _quiet(_: str) -> None:
+    """The log of ranks other than 0."""

@@ -18,6 +18,7 @@ The result is a zoo classifier ``NAME`` (architecture ``fru``, card field ``base
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from dataclasses import asdict, dataclass
@@ -28,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
+from .. import distributed
 from ..data import load_dataset
 from ..data.tensors import TensorDataset, to_float
 from ..defenses.fru import FRUNet
@@ -72,9 +74,11 @@ class FRUConfig:
     device: str = "auto"
     data_root: str | None = None
     threads: int | None = None
+    amp: str | None = None  # "bf16" / "fp16" autocast on CUDA; ignored elsewhere
+    accum: int = 1  # gradient accumulation: each process's rows of a batch run as this many parts
 
 
-_RUNTIME_KEYS = ("device", "data_root", "threads", "save_every", "log_every", "eval_images")
+_RUNTIME_KEYS = ("device", "data_root", "threads", "save_every", "log_every", "eval_images", "amp", "accum")
 
 
 def _config_key(cfg: FRUConfig) -> str:
@@ -126,16 +130,19 @@ def fit_pool(cfg: FRUConfig, model: torch.nn.Module, train: TensorDataset, work:
                              f"{cfg.data} has {len(train)}")
     order = torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.seed))
     cls = UNIVERSAL.get(cfg.attack)
-    t0, pool = time.time(), []
-    for i in range(cfg.pool_size):
+    rank, size = distributed.world()
+    t0, mine = time.time(), []
+    for i in range(rank, cfg.pool_size, size):  # under torchrun member i is fitted on rank i % N
         idx = order[i * cfg.pool_images : (i + 1) * cfg.pool_images]
         atk = cls(model, eps=cfg.eps, norm=cfg.norm, seed=cfg.seed + i, **(cfg.attack_args or {}))
-        pool.append(atk.fit(to_float(train.images[idx])).detach().cpu().float())
+        mine.append((i, atk.fit(to_float(train.images[idx])).detach().cpu().float()))
         log(f"{cfg.name}: pool perturbation {i + 1}/{cfg.pool_size} fitted ({time.time() - t0:.0f}s)")
-    stacked, fit_time = torch.stack(pool), time.time() - t0
+    pool = sorted((p for part in distributed.gather(mine) for p in part), key=lambda p: p[0])
+    stacked, fit_time = torch.stack([d for _, d in pool]), time.time() - t0
     key = torch.tensor(list(_pool_key(cfg).encode()), dtype=torch.uint8)
-    with atomic_path(path) as tmp:
-        save_file({"pool": stacked.contiguous(), "key": key, "fit_time": torch.tensor(fit_time)}, str(tmp))
+    if distributed.is_main():
+        with atomic_path(path) as tmp:
+            save_file({"pool": stacked.contiguous(), "key": key, "fit_time": torch.tensor(fit_time)}, str(tmp))
     return stacked, fit_time
 
 
@@ -193,6 +200,14 @@ class FRUTrainer:
                  device: torch.device) -> None:
         self.cfg, self.net, self.pool, self.train_set, self.device = cfg, net.to(device), pool, train, device
         self.opt = torch.optim.Adam(net.fru_parameters(), lr=cfg.lr)
+        self.parallel = distributed.world()[1] > 1
+        self.model: torch.nn.Module = self.net  # DDP-wrapped under torchrun (FRU batch norms: global batch)
+        if self.parallel:
+            from torch.nn.parallel import DistributedDataParallel
+
+            distributed.global_batchnorm(self.net)
+            self.model = DistributedDataParallel(self.net, device_ids=[device] if device.type == "cuda" else None)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=cfg.amp == "fp16" and device.type == "cuda")
 
     def state_dict(self) -> dict[str, Any]:
         return {"frus": {k: v for k, v in self.net.state_dict().items() if ".fru." in k}, "opt": self.opt.state_dict()}
@@ -208,18 +223,30 @@ class FRUTrainer:
         x, y = to_float(self.train_set.images[idx]), self.train_set.labels[idx]
         delta = draw_perturbations(self.pool, len(x), step_generator(cfg.seed, step, _PERT), cfg.eps, cfg.norm,
                                    cfg.synthetic, cfg.zoom, cfg.negate)
-        xb = torch.cat([x, (x + delta).clamp(0, 1)]).to(self.device)
-        yb = torch.cat([y, y]).to(self.device)
+        mine = distributed.rows(len(x))  # the whole batch is drawn on every rank; each trains on its rows
+        x, y, delta = x[mine], y[mine], delta[mine]
+        n_parts = max(1, min(cfg.accum, len(x)))
         self.net.train()
-        logits = self.net(xb)
-        loss_clean = F.cross_entropy(logits[: len(x)], yb[: len(x)])
-        loss_pert = F.cross_entropy(logits[len(x):], yb[len(x):])
-        loss = (loss_clean + loss_pert) / 2
         self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        self.opt.step()
+        sums = {"total": 0.0, "clean": 0.0, "perturbed": 0.0}
+        for i, (xp, yp, dp) in enumerate(zip(x.tensor_split(n_parts), y.tensor_split(n_parts),
+                                             delta.tensor_split(n_parts))):
+            xb = torch.cat([xp, (xp + dp).clamp(0, 1)]).to(self.device)
+            yb = torch.cat([yp, yp]).to(self.device)
+            sync = contextlib.nullcontext() if (i == n_parts - 1 or not self.parallel) else self.model.no_sync()
+            with sync, torch.autocast("cuda", dtype=torch.bfloat16 if cfg.amp == "bf16" else torch.float16,
+                                      enabled=bool(cfg.amp) and self.device.type == "cuda"):
+                logits = self.model(xb).float()
+                loss_clean = F.cross_entropy(logits[: len(xp)], yb[: len(xp)])
+                loss_pert = F.cross_entropy(logits[len(xp):], yb[len(xp):])
+                loss = (loss_clean + loss_pert) / 2
+                self.scaler.scale(loss / n_parts).backward()
+            for k, v in (("total", loss), ("clean", loss_clean), ("perturbed", loss_pert)):
+                sums[k] += v.item() / n_parts
+        self.scaler.step(self.opt)
+        self.scaler.update()
         self.net.eval()
-        return {"total": loss.item(), "clean": loss_clean.item(), "perturbed": loss_pert.item()}
+        return sums
 
 
 def _base_card(model: torch.nn.Module, spec: str) -> dict[str, Any]:
@@ -244,7 +271,15 @@ def train_fru(cfg: FRUConfig, out_dir: str | Path, work_dir: str | Path | None =
     check_config(cfg)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    device = pick_device(cfg.device)
+    device = distributed.local_device(pick_device(cfg.device))
+    _, size = distributed.init(device)
+    if cfg.batch_size % (size * cfg.accum):
+        raise AdvshieldError(f"batch size {cfg.batch_size} does not split into {size} process(es) × {cfg.accum} "
+                             "accumulation steps; pick a multiple of their product")
+    if not distributed.is_main():
+        log = _quiet
+    if cfg.amp and device.type != "cuda":
+        log(f"note: --amp {cfg.amp} applies on CUDA only; training in float32 on {device.type}")
     out_dir = Path(out_dir)
     seed_everything(cfg.seed)
     base = load_model(cfg.model)
@@ -255,8 +290,9 @@ def train_fru(cfg: FRUConfig, out_dir: str | Path, work_dir: str | Path | None =
     n_fru = sum(p.numel() for p in net.fru_parameters())
     work = Path(work_dir) if work_dir else out_dir / ".train" / cfg.name
     work.mkdir(parents=True, exist_ok=True)
-    if not resume and (work / "pool.safetensors").exists():
+    if not resume and (work / "pool.safetensors").exists() and distributed.is_main():
         (work / "pool.safetensors").unlink()
+    distributed.barrier()
     pool, pool_time = fit_pool(cfg, base.to(device), train, work, log)
     trainer = FRUTrainer(cfg, net, pool, train, device)
     log(f"{cfg.name}: FRUs on {', '.join(net.layers)} of {cfg.model} ({n_fru:,} trainable parameters), "
@@ -264,6 +300,8 @@ def train_fru(cfg: FRUConfig, out_dir: str | Path, work_dir: str | Path | None =
     result = run_steps(cfg.name, cfg.steps, trainer.step, work=work, config_key=_config_key(cfg),
                        state_fn=trainer.state_dict, load_fn=trainer.load_state_dict, resume=resume,
                        save_every=cfg.save_every, log_every=cfg.log_every, log=log)
+    if not distributed.is_main():  # rank 0 evaluates and writes; the others return its card
+        return distributed.broadcast(None)
     net = trainer.net.cpu().eval()
     base = base.cpu().eval()
     metrics: dict[str, Any] = {f"final_loss_{k}": round(v, 6) for k, v in result.last.items()}
@@ -294,10 +332,15 @@ def train_fru(cfg: FRUConfig, out_dir: str | Path, work_dir: str | Path | None =
         "input": card.get("input", {"channels": 1, "range": [0, 1]}),
         "parameters": {"fru": n_fru, "total": sum(p.numel() for p in net.parameters())},
         "metrics": metrics,
-        "training": {**{k: v for k, v in asdict(cfg).items() if k not in ("device", "data_root", "threads")},
+        "training": {**{k: v for k, v in asdict(cfg).items() if k not in ("device", "data_root", "threads",
+                                                                          "amp", "accum")},
                      "ranking": "filter weight l1 norm, largest first", "pool_fit_time_s": round(pool_time, 1),
                      "train_time_s": round(result.elapsed, 1), "total_time_s": round(result.elapsed + pool_time, 1),
-                     "device": str(device), "torch": torch.__version__},
+                     "device": str(device), "processes": size, "torch": torch.__version__},
         "command": command or "",
     }
-    return save_checkpoint(net, out_dir / f"{cfg.name}.safetensors", out)
+    return distributed.broadcast(save_checkpoint(net, out_dir / f"{cfg.name}.safetensors", out))
+
+
+def _quiet(_: str) -> None:
+    """The log of ranks other than 0."""
