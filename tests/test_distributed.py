@@ -176,3 +176,16 @@ def test_fru_training_on_two_processes_equals_one(env, tmp_path, fake_fmnist):
     assert torch.equal(*pools)
     _same_log(*(tmp_path / d / ".train" / "tiny-vgg-fru" / "log.csv" for d in ("one", "two")))
     _close(*(load_file(str(tmp_path / d / "tiny-vgg-fru.safetensors")) for d in ("one", "two")), atol=3.5e-3)
+
+
+def test_eval_on_an_image_folder_streamed_by_two_processes(env, tmp_path, gray_tree):
+    """An image folder read batch by batch (each rank reads its own batches, with a DataLoader worker) gives the
+    flags of one process reading it all."""
+    common = ["eval", "--models", "zoo:tiny-lenet", "--attacks", "fgsm", "--defenses", "none,median",
+              "--data", str(gray_tree), "--batch-size", "4", "--threads", "1", "--workers", "1",
+              "--adaptive", "none"]
+    launch([*common, "--out", str(tmp_path / "one")], 1, env, tmp_path)
+    launch([*common, "--out", str(tmp_path / "two")], 2, env, tmp_path)
+    a, b = (load_file(str(tmp_path / d / "flags.safetensors")) for d in ("one", "two"))
+    assert a.keys() == b.keys() and len(a["labels"]) == 10
+    assert all(torch.equal(a[k], b[k]) for k in a)

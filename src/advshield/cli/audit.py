@@ -87,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
     distributed.init(device)  # under torchrun: join the process group; blocks of samples are sharded
     model = open_model(args.model, args, "--model")
     data = load_data(args)
-    shape = tuple(int(v) for v in data.images.shape[1:])
+    shape = data.sample_shape
     check_domain(input_domain(model), shape, f"--model {args.model}", args.adapt_channels)
     if args.adapt_channels:
         model = adapt_channels(model)

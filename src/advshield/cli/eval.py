@@ -31,6 +31,7 @@ from .common import (
     pixels,
     positive_int,
     size_arg,
+    worker_count,
 )
 
 
@@ -94,6 +95,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sources", type=csv_list, default=None,
                    help="models that craft the attacks (default: the --models themselves)")
     p.add_argument("--data", default="fashion-mnist", help="fashion-mnist, mnist, cifar10 or an image folder")
+    p.add_argument("--workers", type=worker_count, default=0,
+                   help="DataLoader processes reading an image folder batch by batch (default 0: in this process); "
+                        "a folder is never held in memory whole")
     p.add_argument("--data-root", default=None, help="directory holding the dataset files")
     p.add_argument("--split", default="test", choices=["train", "test"])
     p.add_argument("--perturbations", type=csv_list, default=None,
@@ -193,7 +197,8 @@ def load_data(args: argparse.Namespace) -> Any:
     if not folder and (args.class_map or args.labels == "model"):
         raise AdvshieldError(f"--labels model and --class-map apply to image folders; {args.data} has its own labels")
     kw = {"size": size_arg(args), "class_map": args.class_map, "labels": args.labels,
-          "flags": ("--labels", "--class-map", "--size H W")} if folder else {}
+          "flags": ("--labels", "--class-map", "--size H W"), "stream": getattr(args, "stream", False),
+          "workers": getattr(args, "workers", 0)} if folder else {}
     data = load_dataset(args.data, args.split, args.data_root, **kw).subset(args.n)
     if len(data) == 0:
         raise AdvshieldError(f"dataset {args.data!r} has no images")
@@ -234,8 +239,9 @@ def run(args: argparse.Namespace) -> int:
     attacks = args.attacks if args.attacks is not None else ([] if perturbations else grid_attacks())
     check_names("attack", attacks, ATTACKS.names())
     check_norm_flags(args.models + (args.sources or []), args)
+    args.stream = True  # an image folder is read batch by batch (--workers readers)
     data = load_data(args)
-    shape = tuple(int(v) for v in data.images.shape[1:])
+    shape = data.sample_shape
     models = fit_models(load_named(args.models, args), shape, "--models", args.adapt_channels)
     sources = fit_models(load_named(args.sources, args, "--sources"), shape, "--sources", args.adapt_channels) \
         if args.sources else None

@@ -233,9 +233,11 @@ def size_pair(size: int | tuple[int, int]) -> tuple[int, int]:
 def image_folder(root: str | os.PathLike, channels: int | None = None,
                  size: int | tuple[int, int] | None = None,
                  class_map: Mapping[str, int] | str | os.PathLike | None = None,
-                 labels: str = "auto", flags: tuple[str, str, str] = ("labels", "class_map", "size=(H, W)")
-                 ) -> TensorDataset:
-    """All images under ``root`` as a uint8 N×C×H×W :class:`TensorDataset`.
+                 labels: str = "auto", flags: tuple[str, str, str] = ("labels", "class_map", "size=(H, W)"),
+                 stream: bool = False, workers: int = 0) -> TensorDataset:
+    """All images under ``root`` as a uint8 N×C×H×W :class:`TensorDataset`, or with ``stream`` a
+    :class:`~advshield.data.stream.FolderStream` that reads them batch by batch (``workers`` DataLoader
+    processes; same checks up front, from the file headers).
 
     Labels come from :func:`~advshield.data.labels.resolve_labels` (``labels`` "auto", "folder" or "model";
     ``class_map`` a dict or JSON file): class indices for a tree with class folders, -1 for a flat tree or
@@ -257,13 +259,18 @@ def image_folder(root: str | os.PathLike, channels: int | None = None,
         raise DataError(f"images in {folder.root} differ in size ({folder.rel(0)} is {shapes[0][1]}×{shapes[0][2]}, "
                         f"{folder.rel(i)} is {shapes[i][1]}×{shapes[i][2]}); pass {flags[2]} to resize them")
     c, h, w = shapes[0][0], *(hw or shapes[0][1:])
+    name = folder.root.resolve().name or "images"
+    y = plan.labels if plan.labels is not None else [-1] * len(folder)
+    classes = plan.mapping.names() if plan.mapping is not None else []
+    if stream:
+        from .stream import FolderStream
+
+        return FolderStream(folder, torch.tensor(y, dtype=torch.int64), (c, h, w), hw, classes, name, plan.mapping,
+                            workers=workers)
     images = torch.empty(len(folder), c, h, w, dtype=torch.uint8)
     for i in range(len(folder)):
         x = folder.load(i)
         images[i] = to_uint8(resize(x, (h, w)) if hw else x)
-    name = folder.root.resolve().name or "images"
-    y = plan.labels if plan.labels is not None else [-1] * len(folder)
-    classes = plan.mapping.names() if plan.mapping is not None else []
     return TensorDataset(images, torch.tensor(y, dtype=torch.int64), classes=classes, name=name,
                          class_mapping=plan.mapping)
 

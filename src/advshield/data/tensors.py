@@ -38,6 +38,15 @@ class TensorDataset(Dataset):
         return TensorDataset(self.images[offset:end], self.labels[offset:end], self.classes, self.name,
                              self.class_mapping)
 
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        """(C, H, W) of every item."""
+        return tuple(int(v) for v in self.images.shape[1:])
+
+    def relabel(self, labels: torch.Tensor) -> TensorDataset:
+        """The same images with other labels (``--labels model``)."""
+        return TensorDataset(self.images, labels, self.classes, self.name)
+
     def batches(self, batch_size: int):
         """Yield ``(x float B×C×H×W in [0,1], y int64 B)`` in order, without a DataLoader."""
         for i in range(0, len(self), batch_size):

@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..attacks.base import frozen_eval
 from ..checks import check_eps, check_images, check_labels, check_number
+from ..data.stream import FolderStream
 from ..data.tensors import TensorDataset
 from ..defenses.base import build_defense
 from ..errors import AdvshieldError
@@ -99,6 +100,8 @@ def data_batches(data: Any, batch_size: int) -> tuple[Iterable[tuple[torch.Tenso
         check_labels(y, len(x), name="data (labels)")
         return ((x[i:i + batch_size], y[i:i + batch_size]) for i in range(0, len(x), batch_size)), \
             -(-len(x) // batch_size), "tensors"
+    if isinstance(data, FolderStream):  # read from disk; under torchrun each rank reads its own batches
+        return data.batches(batch_size, sharded=True), -(-len(data) // batch_size), data.name
     if isinstance(data, TensorDataset):
         return data.batches(batch_size), -(-len(data) // batch_size), data.name
     if isinstance(data, DataLoader):

@@ -99,4 +99,4 @@ def label_by_model(model: nn.Module, data: TensorDataset, batch_size: int = 250,
     """``data`` with its labels replaced by ``model``'s clean predictions (``--labels model``)."""
     preds = [model(x.to(device)).argmax(1).cpu() for x, _ in data.batches(batch_size)]
     labels = torch.cat(preds) if preds else torch.empty(0, dtype=torch.int64)
-    return TensorDataset(data.images, labels, data.classes, data.name)
+    return data.relabel(labels)
