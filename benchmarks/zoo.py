@@ -66,7 +66,7 @@ def demo_section(n: int, keep: str | None = None) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--n", type=int, default=100, help="demo images (default 100, the demo default)")
+    p.add_argument("--n", type=int, default=64, help="demo images (default 64, the demo default)")
     p.add_argument("--skip-demo", action="store_true")
     p.add_argument("--demo-out", default=None, help="keep the demo's output here (default: a temporary folder)")
     args = p.parse_args()

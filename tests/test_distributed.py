@@ -73,28 +73,20 @@ def _same_log(a: Path, b: Path) -> None:
         assert va == pytest.approx(vb, rel=1e-4, abs=1e-6)
 
 
-@pytest.mark.parametrize("extra", [{}, {"adversary": "ssp+gaussian", "eps_min": "4", "clean_fraction": "0.25"}],
-                         ids=["ssp", "mixed-adversaries"])
-def test_purifier_training_on_two_processes_equals_one(env, tmp_path, fake_fmnist, extra):
-    """The same global batch on 1 process and on 2 (gloo) gives the same weights (critic batch norm, RaGAN means and
-    random starts are global); the logs agree."""
+def test_purifier_training_on_two_processes_equals_one_and_resumes_in_one(env, tmp_path, fake_fmnist):
+    """The same global batch on 1 process and on 2 (gloo) gives the same weights and logs (critic batch norm,
+    RaGAN means, SSP random starts, Gaussian noise, strength mix and clean share are global). Then both runs are
+    extended by a step in ONE process: the 2-process checkpoint resumes there exactly as the 1-process one."""
+    extra = {"adversary": "ssp+gaussian", "eps_min": "4", "clean_fraction": "0.25"}
     launch(_purifier_args(fake_fmnist, tmp_path / "one", 3, **extra), 1, env, tmp_path)
     two = launch(_purifier_args(fake_fmnist, tmp_path / "two", 3, **extra), 2, env, tmp_path)
     _close(_weights(tmp_path / "one"), _weights(tmp_path / "two"))
     _same_log(*(tmp_path / d / ".train" / "p" / "log.csv" for d in ("one", "two")))
     assert two.stdout.count("wrote") == 1  # rank 0 alone prints and writes
-
-
-def test_purifier_resumes_a_two_process_checkpoint_in_one_process(env, tmp_path, fake_fmnist):
-    """2 steps on 2 processes, then steps 3–4 in one process = 4 steps straight in one process."""
-    launch(_purifier_args(fake_fmnist, tmp_path / "straight", 4), 1, env, tmp_path)
-    launch(_purifier_args(fake_fmnist, tmp_path / "split", 2), 2, env, tmp_path)
-    (tmp_path / "split" / "p.safetensors").unlink()
-    (tmp_path / "split" / "p.json").unlink()
-    res = launch(_purifier_args(fake_fmnist, tmp_path / "split", 4), 1, env, tmp_path)
-    assert "resuming p at step 2/4" in res.stdout + res.stderr
-    a, b = _weights(tmp_path / "straight"), _weights(tmp_path / "split")
-    _close(a, b)
+    for d in ("one", "two"):
+        res = launch([*_purifier_args(fake_fmnist, tmp_path / d, 4, **extra), "--overwrite"], 1, env, tmp_path)
+        assert "resuming p at step 3/4" in res.stdout + res.stderr
+    _close(_weights(tmp_path / "one"), _weights(tmp_path / "two"))
 
 
 @pytest.mark.parametrize("defense", ["resize-pad", "median"], ids=["randomized", "deterministic"])
