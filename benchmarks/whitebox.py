@@ -144,6 +144,11 @@ def render(args: argparse.Namespace, cells: Cells, universal: list[str], command
              "*majority of draws* the majority-vote number. *transfer* is APGD-CE on the undefended model "
              "(defense-unaware), shown as contrast; *full gradient* goes through the defense; *BPDA* backward "
              "through the identity. Accuracies in %.", "",
+             "The cells were computed by advshield at commit 0957b3d, whose `audit` seeded each attack per "
+             "sub-batch of the still-correct samples. `audit` now restarts all randomness per block of "
+             "`batch_size` samples (so that torchrun shards give the same per-sample results): a re-run with "
+             "`--cache` pointing elsewhere draws other random starts and noise, and its numbers differ from these "
+             "by sampling noise only (the `audit` section was re-measured with the new seeding).", "",
              "### NRP purifiers", ""]
     lines += audit_table([(m, LABELS[d], cells.get(d, m)) for m in NRP_TARGETS for d in ("none", *NRP_DEFENSES)])
     missing = [f"{LABELS[d]} × {m}" for m in NRP_TARGETS for d in NRP_DEFENSES if cells.get(d, m) is None]

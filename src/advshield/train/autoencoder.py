@@ -44,7 +44,7 @@ from ..errors import AdvshieldError
 from ..models import load_model
 from ..models.checkpoint import save_checkpoint
 from ..utils import pick_device, seed_everything
-from .loop import run_steps, step_generator, step_seed
+from .loop import check_accum, run_steps, step_generator, step_seed
 
 KINDS = ("ae", "vae")
 TRAIN_ATTACKS = ("fgsm", "pgd")
@@ -102,6 +102,7 @@ def default_arch(kind: str) -> str:
 
 def check_config(cfg: AutoencoderConfig) -> None:
     """One-line errors for settings that cannot work."""
+    check_accum(cfg.accum, cfg.batch_size, cfg.amp)
     if cfg.kind not in KINDS:
         raise AdvshieldError(f"unknown autoencoder kind {cfg.kind!r} (known: {', '.join(KINDS)})")
     arch = cfg.arch or default_arch(cfg.kind)

@@ -31,6 +31,7 @@ from ..errors import AdvshieldError
 from ..models.checkpoint import save_checkpoint
 from ..registry import MODELS
 from ..utils import atomic_path, pick_device, progress, seed_everything
+from .loop import check_accum
 
 
 @dataclass
@@ -89,6 +90,7 @@ def evaluate_accuracy(model: nn.Module, data: TensorDataset, batch_size: int = 5
 def train_classifier(cfg: ClassifierConfig, out_dir: str | Path, work_dir: str | Path | None = None,
                      resume: bool = True, command: str | None = None, log=print) -> dict[str, Any]:
     """Train, checkpoint each epoch under ``work_dir``, resume from there, then write the zoo entry."""
+    check_accum(cfg.accum, cfg.batch_size, cfg.amp)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = distributed.local_device(pick_device(cfg.device))

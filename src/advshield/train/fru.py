@@ -39,7 +39,7 @@ from ..models.checkpoint import save_checkpoint
 from ..registry import UNIVERSAL
 from ..utils import atomic_path, pick_device, seed_everything
 from .classifier import augment_batch, evaluate_accuracy
-from .loop import run_steps, step_generator
+from .loop import check_accum, run_steps, step_generator
 
 _DATA, _PERT = 0, 1  # streams of per-step randomness
 
@@ -93,6 +93,7 @@ def _pool_key(cfg: FRUConfig) -> str:
 
 def check_config(cfg: FRUConfig) -> None:
     """One-line errors for settings that cannot work."""
+    check_accum(cfg.accum, cfg.batch_size, cfg.amp)
     if cfg.attack not in UNIVERSAL:
         raise AdvshieldError(f"unknown universal attack {cfg.attack!r} (known: {', '.join(UNIVERSAL.names())})")
     if cfg.norm not in ("linf", "l2"):

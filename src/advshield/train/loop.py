@@ -37,6 +37,17 @@ def step_seed(seed: int, step: int, stream: int) -> int:
     return int(np.random.SeedSequence([int(seed) % 2**32, int(step) % 2**32, stream]).generate_state(1)[0])
 
 
+AMP_MODES = ("bf16", "fp16")
+
+
+def check_accum(accum: int, batch_size: int, amp: str | None = None) -> None:
+    """One-line errors for ``--accum`` (a positive divisor of the batch size) and ``--amp`` (bf16, fp16 or None)."""
+    if isinstance(accum, bool) or int(accum) != accum or not 1 <= accum <= batch_size or batch_size % accum:
+        raise AdvshieldError(f"accum must divide the batch size {batch_size} (1 to {batch_size}), not {accum!r}")
+    if amp not in (None, *AMP_MODES):
+        raise AdvshieldError(f"amp must be one of {', '.join(AMP_MODES)}, not {amp!r}")
+
+
 def append_log(path: Path, row: dict[str, Any]) -> None:
     """Append ``row`` to the CSV at ``path`` (header written when the file is new)."""
     new = not path.exists()

@@ -56,7 +56,7 @@ from ..models.vgg16 import VGG16Features
 from ..registry import ATTACKS
 from ..utils import pick_device, seed_everything
 from .classifier import augment_batch
-from .loop import run_steps, step_generator, step_seed
+from .loop import AMP_MODES, check_accum, run_steps, step_generator, step_seed
 
 ADVERSARIES = ("ssp", "gaussian", "fgsm", "mi-di")
 LOSS_KEYS = ("total", "feat", "img", "adv", "critic")
@@ -108,7 +108,6 @@ class PurifierConfig:
 # learning rate is constant, so ``steps`` may grow on resume: a run is extended)
 _RUNTIME_KEYS = ("device", "data_root", "threads", "workers", "save_every", "eval_images", "arch_args", "accum",
                  "steps")
-AMP_MODES = ("bf16", "fp16")
 
 
 def _config_key(cfg: PurifierConfig) -> str:
@@ -604,11 +603,8 @@ def check_config(cfg: PurifierConfig) -> None:
         raise AdvshieldError(f"clean fraction must be in [0, 1), not {cfg.clean_fraction}")
     if cfg.amp is True:  # the old boolean switch meant bfloat16
         cfg.amp = "bf16"
-    if cfg.amp not in (None, False, *AMP_MODES):
-        raise AdvshieldError(f"amp must be one of {', '.join(AMP_MODES)}, not {cfg.amp!r}")
     cfg.amp = cfg.amp or None
-    if int(cfg.accum) < 1 or int(cfg.accum) > cfg.batch_size:
-        raise AdvshieldError(f"accum must be an integer in [1, batch size], not {cfg.accum!r}")
+    check_accum(cfg.accum, cfg.batch_size, cfg.amp)
 
 
 def train_purifier(cfg: PurifierConfig, out_dir: str | Path, work_dir: str | Path | None = None,
