@@ -112,7 +112,8 @@ def test_audit_flags_identical_on_one_and_two_processes(env, tmp_path, fake_fmni
     assert two.stdout.count("wrote") == 1
 
 
-def test_classifier_training_on_two_processes_equals_one(env, tmp_path, fake_fmnist):
+@pytest.mark.parametrize("adv", [[], ["--adversarial", "pgd", "--adv-steps", "2"]], ids=["clean", "pgd-at"])
+def test_classifier_training_on_two_processes_equals_one(env, tmp_path, fake_fmnist, adv):
     """A BN network, an odd batch size (uneven shards: 150 + 149 rows, and 1 + 1 for an epoch's last batch): 2 gloo
     processes give the weights of 1 process (global batch-norm statistics, global-mean loss); the 2-process
     checkpoint loads in 1 process. (Long runs drift apart by float rounding, as any two reduction orders do.)"""
@@ -120,7 +121,7 @@ def test_classifier_training_on_two_processes_equals_one(env, tmp_path, fake_fmn
         return ["train", "classifier", "--name", "c", "--arch", "resnet", "--arch-args",
                 '{"widths": [4, 8], "blocks": 1}', "--data-root", str(fake_fmnist), "--epochs", str(epochs),
                 "--batch-size", "299", "--lr", "0.05", "--device", "cpu", "--threads", "1", "--out-dir",
-                str(tmp_path / out)]
+                str(tmp_path / out), *adv]
 
     launch(args("one", 2), 1, env, tmp_path)
     two = launch(args("two", 2), 2, env, tmp_path)

@@ -78,3 +78,35 @@ def test_cli_train_refuses_to_overwrite(tmp_path, fake_fmnist, capsys):
     assert main(["train", "classifier", "--name", "c", "--arch", "nope", "--out-dir", str(tmp_path)]) == 2
     assert main(["train", "classifier", "--name", "d", "--arch", "lenet", "--arch-args", "{bad",
                  "--out-dir", str(tmp_path)]) == 2
+
+
+def test_adversarial_training_crafts_inside_the_ball_and_trains(tmp_path, fake_fmnist):
+    """pgd, fgsm-rs and trades adversaries stay in the eps ball and [0,1], are seeded, and differ from x; a short
+    TRADES run writes a card with its PGD-10 accuracy; a bad spec is one line."""
+    from advshield.models.fmnist import LeNet
+    from advshield.train import adversarial
+    from advshield.train.classifier import ClassifierConfig, train_classifier
+
+    torch.manual_seed(0)
+    model = LeNet(channels=[4, 8], hidden=[16, 16])
+    x, y = torch.rand(6, 1, 28, 28), torch.randint(0, 10, (6,))
+    for method in adversarial.METHODS:
+        spec = {"method": method, "eps": 0.1, "steps": 2}
+        a, b = (adversarial.craft(model, x, y, spec, seed=3, shard=None) for _ in range(2))
+        assert torch.equal(a, b) and (a - x).abs().max() <= 0.1 + 1e-6 and 0 <= float(a.min()) <= float(a.max()) <= 1
+        assert (a - x).abs().max() > 0.01 and model.training
+        assert float(adversarial.loss(model, x, a, y, spec).detach()) > 0
+    # a shard of the batch gets exactly its rows of the whole batch's adversaries
+    whole = adversarial.craft(model, x, y, {"method": "pgd", "eps": 0.1, "steps": 2}, seed=3, shard=None)
+    part = adversarial.craft(model, x[2:5], y[2:5], {"method": "pgd", "eps": 0.1, "steps": 2}, seed=3, shard=(2, 6))
+    torch.testing.assert_close(part, whole[2:5])
+    for bad in ({"method": "free", "eps": 0.1}, {"method": "pgd", "eps": 2}, {"method": "pgd", "eps": 0.1, "k": 1}):
+        with pytest.raises(AdvshieldError):
+            adversarial.check_adversarial(bad)
+    cfg = ClassifierConfig(name="at", arch="lenet", arch_args={"channels": [4, 8], "hidden": [16, 16]}, epochs=1,
+                           batch_size=200, lr=0.05, data_root=str(fake_fmnist), device="cpu",
+                           adversarial={"method": "trades", "eps": 0.1, "steps": 2})
+    card = train_classifier(cfg, tmp_path, log=lambda _: None)
+    m = card["metrics"]
+    assert 0 <= m["pgd10_accuracy"] <= 1 and m["pgd10_images"] == 200 and m["pgd10_eps"] == 0.1
+    assert card["training"]["adversarial"]["method"] == "trades"

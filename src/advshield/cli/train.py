@@ -13,6 +13,7 @@ from .common import (
     add_scale_flags,
     apply_runtime,
     batch_int,
+    budget_pixels,
     command_line,
     plain_name,
     positive_float,
@@ -41,6 +42,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--out-dir", default="zoo", help="where NAME.safetensors and NAME.json go (default zoo)")
     c.add_argument("--fresh", action="store_true", help="ignore a saved training state and start over")
     c.add_argument("--overwrite", action="store_true", help="replace an existing NAME.safetensors in --out-dir")
+    c.add_argument("--adversarial", choices=("pgd", "fgsm-rs", "trades"), default=None,
+                   help="adversarial training: pgd (Madry), fgsm-rs (fast: random start + one step) or trades "
+                        "(default: clean training, or the recipe's)")
+    c.add_argument("--adv-eps", type=budget_pixels, default=None,
+                   help="L∞ budget of adversarial training, 0-255 (default 25.5, or the recipe's)")
+    c.add_argument("--adv-steps", type=positive_int, default=None,
+                   help="attack steps per batch for pgd/trades (default 7 of eps/4, or the recipe's)")
     add_scale_flags(c, workers=False)
     add_runtime_flags(c)
     c.set_defaults(run=run_classifier)
@@ -70,6 +78,16 @@ def run_classifier(args: argparse.Namespace) -> int:
     for key in ("epochs", "batch_size", "lr"):
         if getattr(args, key) is not None:
             base[key] = getattr(args, key)
+    if args.adversarial or args.adv_eps is not None or args.adv_steps is not None:
+        spec = dict(base.get("adversarial") or {"method": "pgd", "eps": 0.1})
+        if args.adversarial:
+            spec["method"] = args.adversarial
+        if args.adv_eps is not None:
+            spec["eps"] = args.adv_eps
+        if args.adv_steps is not None:
+            spec["steps"] = args.adv_steps
+            spec.pop("alpha", None)  # the default step follows the step count's eps/4
+        base["adversarial"] = spec
     base.update(arch=arch)
     cfg = ClassifierConfig(name=name, dataset=args.dataset, data_root=args.data_root, seed=args.seed,
                            device=args.device, amp=args.amp, accum=args.accum, **base)

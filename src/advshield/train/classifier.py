@@ -31,7 +31,8 @@ from ..errors import AdvshieldError
 from ..models.checkpoint import save_checkpoint
 from ..registry import MODELS
 from ..utils import atomic_path, pick_device, progress, seed_everything
-from .loop import check_accum
+from . import adversarial
+from .loop import check_accum, step_seed
 
 
 @dataclass
@@ -53,7 +54,12 @@ class ClassifierConfig:
     threads: int | None = None
     amp: str | None = None  # "bf16" / "fp16" autocast on CUDA; ignored elsewhere
     accum: int = 1  # gradient accumulation: each process's rows of a batch run as this many parts
+    # adversarial training: {"method": "pgd" | "fgsm-rs" | "trades", "eps", ("steps", "alpha", "beta")}, see
+    # advshield.train.adversarial; None: clean training
+    adversarial: dict[str, Any] | None = None
 
+
+ADV_EVAL_IMAGES = 1000  # test images of the PGD-10 accuracy an adversarially trained model's card reports
 
 _RUNTIME_KEYS = ("device", "data_root", "threads", "amp", "accum")
 
@@ -91,6 +97,7 @@ def train_classifier(cfg: ClassifierConfig, out_dir: str | Path, work_dir: str |
                      resume: bool = True, command: str | None = None, log=print) -> dict[str, Any]:
     """Train, checkpoint each epoch under ``work_dir``, resume from there, then write the zoo entry."""
     check_accum(cfg.accum, cfg.batch_size, cfg.amp)
+    adversarial.check_adversarial(cfg.adversarial)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = distributed.local_device(pick_device(cfg.device))
@@ -146,15 +153,23 @@ def train_classifier(cfg: ClassifierConfig, out_dir: str | Path, work_dir: str |
             if cfg.augment:
                 x = augment_batch(x, gen)  # drawn for the whole batch on every rank
             mine = distributed.rows(len(y))
-            loss = _step(net, opt, scaler, x[mine].to(device), y[mine].to(device), len(y), cfg, size, device)
+            xs, ys = x[mine].to(device), y[mine].to(device)
+            x_adv = None
+            if cfg.adversarial:
+                x_adv = adversarial.craft(model, xs, ys, cfg.adversarial,
+                                          step_seed(cfg.seed, epoch * steps_per_epoch + step, 1),
+                                          (mine.start, len(y)) if size > 1 else None)
+            loss = _step(net, opt, scaler, xs, ys, x_adv, len(y), cfg, size, device)
             sched.step()
             total_loss += loss
             seen += len(y)
         elapsed += time.time() - t0
         if main:
             test_acc = evaluate_accuracy(model, test.subset(2000), device=device)
+            robust = f" PGD-10@500 {pgd_accuracy(model, test.subset(500), cfg, device):.4f}" \
+                if cfg.adversarial else ""
             log(f"{cfg.name} epoch {epoch + 1}/{cfg.epochs} loss {total_loss / seen:.4f} "
-                f"test@2k {test_acc:.4f} ({elapsed:.0f}s)")
+                f"test@2k {test_acc:.4f}{robust} ({elapsed:.0f}s)")
             new = not log_path.exists()
             with open(log_path, "a", newline="") as f:
                 w = csv.writer(f)
@@ -171,12 +186,21 @@ def train_classifier(cfg: ClassifierConfig, out_dir: str | Path, work_dir: str |
         return distributed.broadcast(None)
     acc = evaluate_accuracy(model, test, device=device)
     log(f"{cfg.name}: clean accuracy on the {len(test)} test images = {acc:.4f}")
+    robust: dict[str, Any] = {}
+    if cfg.adversarial:
+        n = min(ADV_EVAL_IMAGES, len(test))
+        robust = {"pgd10_accuracy": round(pgd_accuracy(model, test.subset(n), cfg, device), 4),
+                  "pgd10_images": n, "pgd10_eps": cfg.adversarial["eps"],
+                  "pgd10_note": "PGD-10 (step eps/4, random start), white-box; advshield audit gives the "
+                                "adaptive number"}
+        log(f"{cfg.name}: PGD-10 accuracy on test[:{n}] at eps {cfg.adversarial['eps']:g} = "
+            f"{robust['pgd10_accuracy']:.4f}")
     card = {
         "name": cfg.name, "kind": "classifier", "dataset": cfg.dataset, "architecture": cfg.arch,
         "arch_args": cfg.arch_args, "input": {"channels": int(train.images.shape[1]),
                                               "size": list(train.images.shape[2:]), "range": [0, 1]},
         "classes": train.classes,
-        "metrics": {"clean_accuracy": round(acc, 4), "test_samples": len(test)},
+        "metrics": {"clean_accuracy": round(acc, 4), "test_samples": len(test), **robust},
         "training": {**{k: v for k, v in asdict(cfg).items() if k not in ("data_root", "device", "threads")},
                      "train_time_s": round(elapsed, 1), "device": str(device), "processes": size,
                      "torch": torch.__version__},
@@ -186,25 +210,48 @@ def train_classifier(cfg: ClassifierConfig, out_dir: str | Path, work_dir: str |
 
 
 def _step(net: nn.Module, opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler, x: torch.Tensor,
-          y: torch.Tensor, total: int, cfg: ClassifierConfig, size: int, device: torch.device) -> float:
-    """One SGD step on this rank's rows (x, y) of a global batch of ``total``; ``cfg.accum`` micro-batches.
-    Each part's loss is its summed cross-entropy × N / total, so DDP's gradient mean is the global batch mean.
-    Returns the summed loss of the whole global batch (for the epoch log)."""
+          y: torch.Tensor, x_adv: torch.Tensor | None, total: int, cfg: ClassifierConfig, size: int,
+          device: torch.device) -> float:
+    """One SGD step on this rank's rows (x, y; their adversaries ``x_adv`` when training adversarially) of a global
+    batch of ``total``; ``cfg.accum`` micro-batches. Each part's loss is its summed loss × N / total, so DDP's
+    gradient mean is the global batch mean. Returns the summed loss of the whole global batch (for the log)."""
     opt.zero_grad(set_to_none=True)
-    parts = list(zip(x.tensor_split(max(1, min(cfg.accum, len(x)))), y.tensor_split(max(1, min(cfg.accum,
-                                                                                                 len(x))))))
+    k = max(1, min(cfg.accum, len(x)))
+    advs = x_adv.tensor_split(k) if x_adv is not None else [None] * k
+    parts = list(zip(x.tensor_split(k), y.tensor_split(k), advs))
     local = 0.0
     amp = cfg.amp in ("bf16", "fp16") and device.type == "cuda"
-    for i, (xp, yp) in enumerate(parts):
+    for i, (xp, yp, ap) in enumerate(parts):
         sync = contextlib.nullcontext() if (i == len(parts) - 1 or size == 1) else net.no_sync()
         with sync, torch.autocast("cuda", dtype=torch.bfloat16 if cfg.amp == "bf16" else torch.float16,
                                   enabled=amp):
-            loss = F.cross_entropy(net(xp).float(), yp, label_smoothing=cfg.label_smoothing, reduction="sum")
+            if ap is None:
+                loss = F.cross_entropy(net(xp).float(), yp, label_smoothing=cfg.label_smoothing, reduction="sum")
+            else:
+                loss = adversarial.loss(net, xp, ap, yp, cfg.adversarial, cfg.label_smoothing)
             scaler.scale(loss * size / total).backward()
         local += float(loss.detach())
     scaler.step(opt)
     scaler.update()
     return sum(distributed.mean_over_ranks({"loss": local}).values()) * size
+
+
+def pgd_accuracy(model: nn.Module, data: TensorDataset, cfg: ClassifierConfig, device: torch.device,
+                 batch_size: int = 250) -> float:
+    """Accuracy under PGD-10 (step eps/4, random start, seeded) at the adversarial-training eps."""
+    from ..attacks.pgd import PGD
+
+    eps = float(cfg.adversarial["eps"])
+    was = model.training
+    model.eval()
+    correct = 0
+    for i, (x, y) in enumerate(data.batches(batch_size)):
+        atk = PGD(model, eps=eps, alpha=eps / 4, steps=10, random_start=True, seed=cfg.seed + i)
+        x_adv = atk(x.to(device), y.to(device))
+        with torch.no_grad():
+            correct += int((model(x_adv).argmax(1).cpu() == y).sum())
+    model.train(was)
+    return correct / max(len(data), 1)
 
 
 def _quiet(_: str) -> None:
