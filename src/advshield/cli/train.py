@@ -20,12 +20,13 @@ from .common import (
     positive_int,
 )
 from .train_autoencoder import add_autoencoder_parser
+from .train_diffusion import add_diffusion_parser
 from .train_fru import add_fru_parser
 from .train_purifier import add_purifier_parser
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train", help="train a classifier or a purifier")
+    p = sub.add_parser("train", help="train a classifier, a purifier or a diffusion denoiser")
     tsub = p.add_subparsers(dest="train_command", metavar="WHAT", required=True)
     c = tsub.add_parser("classifier", help="train a classifier and write it to the zoo folder",
                         description="Train with SGD (Nesterov, one-cycle LR), random shift+flip augmentation; "
@@ -55,6 +56,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_purifier_parser(tsub)
     add_autoencoder_parser(tsub)
     add_fru_parser(tsub)
+    add_diffusion_parser(tsub)
 
 
 def run_classifier(args: argparse.Namespace) -> int:
