@@ -47,6 +47,9 @@ def add_diffusion_parser(tsub: argparse._SubParsersAction) -> None:
     p.add_argument("--dropout", type=unit_float, default=0.0, help="dropout in the residual blocks (default 0)")
     p.add_argument("--schedule", choices=("linear", "cosine"), default="linear")
     p.add_argument("--timesteps", type=positive_int, default=1000, help="diffusion steps T (default 1000)")
+    p.add_argument("--t-max", type=positive_int, default=None,
+                   help="train on timesteps below this only (DiffPure starts its reverse process at t* ≤ t-max; "
+                        "default: all T)")
     p.add_argument("--steps", type=positive_int, default=20000, help="training steps (default 20000)")
     p.add_argument("--batch-size", type=batch_int, default=64)
     p.add_argument("--lr", type=positive_float, default=2e-4)
@@ -72,7 +75,8 @@ def run_diffusion(args: argparse.Namespace) -> int:
 
     apply_runtime(args)
     cfg = DiffusionConfig(name=args.name, data=args.data, base=args.base, mults=args.mults, attention=args.attention,
-                          dropout=args.dropout, schedule=args.schedule, timesteps=args.timesteps, steps=args.steps,
+                          dropout=args.dropout, schedule=args.schedule, timesteps=args.timesteps, t_max=args.t_max,
+                          steps=args.steps,
                           batch_size=args.batch_size, lr=args.lr, ema=args.ema, eval_images=args.eval_images,
                           save_every=args.save_every, log_every=args.log_every, seed=args.seed, device=args.device,
                           data_root=args.data_root, threads=args.threads, amp=args.amp, accum=args.accum)

@@ -1,6 +1,7 @@
 """Training the DDPM denoiser DiffPure runs (Ho et al. 2020): ε-prediction on unlabelled training images.
 
-Each step: a batch x₀ (images in [0,1] mapped to [-1,1], a random horizontal flip), timesteps t ~ U{0…T−1},
+Each step: a batch x₀ (images in [0,1] mapped to [-1,1], a random horizontal flip), timesteps t ~ U{0…T−1}
+(or U{0…t_max−1}: DiffPure only runs the reverse process from t*, so a purifier needs no larger t),
 noise ε ~ N(0, I), x_t = √ᾱ_t x₀ + √(1 − ᾱ_t) ε; loss = mean (ε̂(x_t, t) − ε)²; Adam; an exponential moving
 average of the weights (``ema``) is what the checkpoint ships. All randomness of step k is drawn from (seed, k)
 for the whole batch (torchrun ranks take their rows), so a resumed or sharded run repeats the same steps.
@@ -45,6 +46,7 @@ class DiffusionConfig:
     dropout: float = 0.0  # 0 keeps torchrun runs equal to one process (dropout masks are per rank)
     schedule: str = "linear"
     timesteps: int = 1000
+    t_max: int | None = None  # train on t < t_max only (DiffPure never goes above t*; None: all T steps)
     steps: int = 20000
     batch_size: int = 64
     lr: float = 2e-4
@@ -78,6 +80,8 @@ def check_config(cfg: DiffusionConfig) -> None:
             raise AdvshieldError(f"{key} must be a positive integer, not {getattr(cfg, key)!r}")
     if not cfg.mults or any(int(m) < 1 for m in cfg.mults):
         raise AdvshieldError(f"mults must be positive integers, not {cfg.mults!r}")
+    if cfg.t_max is not None and not 1 <= cfg.t_max <= cfg.timesteps:
+        raise AdvshieldError(f"t_max must be in [1, timesteps = {cfg.timesteps}], not {cfg.t_max!r}")
     if not 0 <= cfg.ema < 1 or not 0 <= cfg.dropout < 1:
         raise AdvshieldError("ema and dropout must be in [0, 1)")
 
@@ -117,7 +121,7 @@ class DiffusionTrainer:
             flip = torch.rand(cfg.batch_size, generator=gen) < 0.5
             x0[flip] = x0[flip].flip(-1)
         noise_gen = step_generator(cfg.seed, step, _NOISE)
-        t = torch.randint(cfg.timesteps, (cfg.batch_size,), generator=noise_gen)
+        t = torch.randint(cfg.t_max or cfg.timesteps, (cfg.batch_size,), generator=noise_gen)
         eps = torch.randn(x0.shape, generator=noise_gen)
         r = self.rows
         return x0[r].to(self.device), t[r].to(self.device), eps[r].to(self.device)
@@ -201,7 +205,7 @@ def train_diffusion(cfg: DiffusionConfig, out_dir: str | Path, work_dir: str | P
             images, desc = to_float(held.images[: cfg.eval_images]), f"{cfg.data} test[:{cfg.eval_images}]"
         except Exception:  # noqa: BLE001 - a folder has no test split: use training images
             images, desc = to_float(train.images[: cfg.eval_images]), f"{cfg.data} train[:{cfg.eval_images}]"
-        ts = tuple(t for t in (25, 50, 100, 150, 200) if t < cfg.timesteps)
+        ts = tuple(t for t in (25, 50, 100, 150, 200) if t < (cfg.t_max or cfg.timesteps))
         metrics.update(purification_psnr(ema, trainer.schedule, images, ts, seed=cfg.seed))
         metrics["psnr_set"] = f"{desc}, DiffPure DDIM 10 steps (or t* if fewer)"
         log(f"{cfg.name}: DiffPure PSNR by t*: " + ", ".join(f"{k[6:]} {v:.2f} dB" for k, v in metrics.items()
