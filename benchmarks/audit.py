@@ -66,6 +66,8 @@ def render(cells: list[dict], args: argparse.Namespace, command: str, missing: l
                      f"({pct(lo)}–{pct(hi)}) | {', '.join(c['flags']) or '–'} | {c['seconds']:.0f} s |")
     if missing:
         lines += ["", f"Not measured yet (the run was stopped; rerun the command to resume): {', '.join(missing)}."]
+    if args.note:
+        lines += ["", args.note]
     return "\n".join(lines) + "\n"
 
 
@@ -82,6 +84,7 @@ def main() -> None:
     p.add_argument("--defenses", default=",".join(DEFENSES.names()))
     p.add_argument("--cache", default=".cache/audit")
     p.add_argument("--render-only", action="store_true", help="write the section from the cached cells only")
+    p.add_argument("--note", default="", help="a paragraph printed under the table (e.g. which code computed it)")
     p.add_argument("--results", type=Path, default=RESULTS, help="Markdown file to update (default docs/RESULTS.md)")
     p.add_argument("--html", default=None, metavar="DIR", help="also write DIR/MODEL-DEFENSE.html per audit cell")
     args = p.parse_args()
@@ -91,7 +94,7 @@ def main() -> None:
                f"--draws {args.draws} --threads {args.threads} --defenses {args.defenses} --models {args.models}")
     todo = [(d, m) for d in args.defenses.split(",") for m in args.models.split(",")]
     cells: list[dict] = []
-    for i, (d, m) in enumerate(todo):
+    for d, m in todo:
         cell = run_cell(args, d, m, x, y, only_cached=args.render_only)
         if cell is not None:
             cells.append(cell)
@@ -102,7 +105,7 @@ def main() -> None:
             print(f"{d} × {m}: robust {cells[-1]['robust_accuracy']:.3f} flags {cells[-1]['flags']} "
                   f"({cells[-1]['seconds']} s)", flush=True)
         done = {(c["defense"], c["model"]) for c in cells}
-        missing = [f"{d2} × {m2}" for d2, m2 in todo[i + 1:] + [(d, m)] if (d2, m2) not in done]
+        missing = [f"{d2} × {m2}" for d2, m2 in todo if (d2, m2) not in done]
         # after every cell: a stop loses nothing
         update_section("audit", render(cells, args, command, missing), args.results)
     print(f"wrote the audit section of {args.results}")
