@@ -97,7 +97,7 @@ def test_zoo_list_json(capsys, tiny_zoo):
 
 def test_demo_writes_report(tiny_zoo, tmp_path, fake_fmnist, capsys):
     out = tmp_path / "demo"
-    assert main(["demo", "--out", str(out), "--n", "20", "--models", "tiny-lenet,tiny-vgg,tiny-resnet",
+    assert main(["demo", "--out", str(out), "--n", "8", "--models", "tiny-lenet,tiny-vgg,tiny-resnet",
                  "--batch-size", "8", "--attacks", "fgsm,pgd", "--data-root", str(fake_fmnist)]) == 0
     printed = capsys.readouterr().out
     # the terminal gets a short summary (one small table) and where the report is, not every table
@@ -109,7 +109,7 @@ def test_demo_writes_report(tiny_zoo, tmp_path, fake_fmnist, capsys):
     rows = report["rows"]
     transfer = [r for r in rows if not r["source"].startswith("adaptive-")]
     adaptive = [r for r in rows if r["source"].startswith("adaptive-")]
-    assert report["meta"]["n"] == 20 and len(transfer) == 2 * 3 * len(DEFENSES) * 3
+    assert report["meta"]["n"] == 8 and len(transfer) == 2 * 3 * len(DEFENSES) * 3
     skipped = report["meta"]["non_differentiable_defenses"]  # full-gradient cells skipped for them, with a note
     assert {"jpeg", "bit-depth"} <= set(skipped)
     assert {r["attack"] for r in adaptive} == {"pgd"}  # the demo's default --adaptive-attacks
@@ -133,7 +133,8 @@ def test_eval_on_image_folder_and_outputs(tiny_zoo, tmp_path, fake_fmnist, capsy
     assert main(["data", "export", "--dataset", "fashion-mnist", "--data-root", str(fake_fmnist), "--n", "12",
                  "--out", str(tmp_path / "pngs")]) == 2
     assert main(["eval", "--models", "zoo:tiny-vgg,zoo:tiny-lenet", "--sources", "zoo:tiny-resnet", "--data",
-                 str(tmp_path / "pngs"), "--attacks", "fgsm", "--out", str(tmp_path / "ev")]) == 0
+                 str(tmp_path / "pngs"), "--attacks", "fgsm", "--eot", "2", "--draws", "2", "--out",
+                 str(tmp_path / "ev")]) == 0
     rows = json.loads((tmp_path / "ev" / "report.json").read_text())["rows"]
     assert {(r["source"], r["target"], r["setting"]) for r in rows if r["setting"] == "transfer"} == {
         ("tiny-resnet", "tiny-vgg", "transfer"), ("tiny-resnet", "tiny-lenet", "transfer")}

@@ -174,7 +174,7 @@ def test_ssp_layer_eval_bypass_purify_on_the_users_model(user, tmp_path, capsys)
     assert len(pngs(tmp_path / "ssp")) == 16
 
     rc, so, se = run(capsys, "eval", "--models", spec, *norm, "--data", user["pets"], "--class-map", user["map"],
-                     "--attacks", "fgsm,pgd", "--out", tmp_path / "eval", "--eps", "8")
+                     "--attacks", "fgsm,pgd", "--out", tmp_path / "eval", "--eps", "8", "--eot", "2", "--draws", "2")
     assert rc == 0, se
     left = [line for line in se.splitlines() if "left out" in line]  # the grayscale zoo purifiers do not fit RGB
     assert {line.split()[3] for line in left} >= {"nrp", "ae", "vae"}
