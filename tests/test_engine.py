@@ -195,3 +195,42 @@ def test_grid_builds_randomized_defenses_with_its_seed():
     for name in ("tvm", "resize-pad"):
         assert torch.equal(build_defense(name, 3)(x), build_defense(name, 3)(x))  # a rerun repeats exactly
     assert build_defense("jpeg", 3)(x).shape == x.shape  # defenses without a seed build as before
+
+
+class Counting(Defense):
+    """Randomized by construction: each call adds (calls × 0.01) to the image; ``restart_noise`` resets the count, as
+    a seeded defense restarts its generator."""
+
+    randomized = True
+
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+
+    def restart_noise(self, stream):
+        self.calls = 0
+
+    def forward(self, x):
+        self.calls += 1
+        return (x + 0.01 * self.calls).clamp(0, 1)
+
+
+def test_a_batch_does_not_depend_on_the_batches_before_it():
+    """What torchrun sharding relies on: after the probe, batch b gives the same results whether or not other
+    batches ran first — every attack is built (and has counted its model's classes, a forward pass through the
+    defense) before any batch, so no first-use draw lands inside one."""
+    from advshield.attacks.fgsm import FGSM
+
+    def engine():
+        e = Engine(targets={"toy": Threshold()}, attacks={"fgsm": lambda m: FGSM(m, eps=0.2)},
+                   defenses={"none": Identity(), "count": Counting()}, adaptive=("bpda",), eot=2, draws=2, seed=0)
+        e._probe(X[:2])
+        return e
+
+    first, alone = engine(), engine()
+    assert set(first._built) == {("fgsm", "toy"), ("fgsm", "adaptive-bpda|count|toy")}
+    assert all(atk._classes is not None for atk in first._built.values())
+    first._batch(X[:2], Y[:2], 0)
+    a, b = (e._batch(X[2:], Y[2:], 2) for e in (first, alone))
+    assert first.defenses["count"].calls == alone.defenses["count"].calls  # the same draws inside the batch
+    assert a["adv"] and all(torch.equal(a["adv"][k], b["adv"][k]) for k in a["adv"])

@@ -99,11 +99,11 @@ class TVM(Defense):
         self.drop_prob, self.weight, self.iters, self.seed = drop_prob, weight, iters, seed
         self.generator = None if seed is None else torch.Generator().manual_seed(int(seed))
 
-
     def restart_noise(self, stream: int) -> None:
         """Restart the seeded pixel drops at the stream (own seed, ``stream``); unseeded: nothing (global RNG)."""
         if self.generator is not None:
             self.generator.manual_seed(mix(self.seed, stream))
+
     def sample_mask(self, n: int, h: int, w: int) -> torch.Tensor:
         """N×1×H×W float mask on the CPU, 1 = kept pixel (probability 1 − drop_prob)."""
         return (torch.rand(n, 1, h, w, generator=self.generator) >= self.drop_prob).float()

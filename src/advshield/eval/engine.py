@@ -173,6 +173,13 @@ class Engine:
                                   "full-gradient cells skipped, BPDA used")
             if self.randomized[d] and self.draws > 1:
                 self.notes.append(f"defense {d} is randomized: each prediction is the worst of {self.draws} draws")
+        # build every attack now and let it count its model's classes (one forward pass, which draws from a
+        # randomized defense's own generator): inside a batch that draw would depend on which batch came first,
+        # so 1 and N processes would disagree
+        keys = [(a, s) for a in self.attacks for s in self.sources]
+        keys += [(a, f"adaptive-{m}|{d}|{t}") for a in self.adaptive_attacks for m, d, t in self._adaptive_cells()]
+        for a, s in keys:
+            self.attack(a, s).num_classes(xs)
 
     @torch.no_grad()
     def _classify(self, x: torch.Tensor, y: torch.Tensor | None = None) -> dict[tuple[str, str], torch.Tensor]:
