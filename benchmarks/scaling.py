@@ -75,6 +75,8 @@ def launch(args: argparse.Namespace, job: str, procs: int, flags: Path) -> float
 
 def compare(job: str, got: dict[str, torch.Tensor], ref: dict[str, torch.Tensor]) -> str:
     """How the run's output compares with the 1-process run: flags identical, or the largest weight difference."""
+    if got is ref:
+        return "(the reference)"
     if job != "train":
         same = got.keys() == ref.keys() and all(torch.equal(got[k], ref[k]) for k in ref)
         return "identical per-sample flags" if same else "**flags differ**"
@@ -138,7 +140,11 @@ def main() -> None:
     lines += [f"| {job} | {k} | {s:.1f} s | {r:.2f} | {sp:.2f}× | {loop} | {cmp} |"
               for job, k, s, r, sp, loop, cmp in rows]
     lines += ["", "On 2 cores the speed-up is bounded by 2 and eaten by start-up and communication; the point here is "
-              "that the outputs agree. Every rank reads the first batch (the defense probe) and gathers the results."]
+              "that the outputs agree. Every rank reads the first batch (the defense probe) and gathers the results; "
+              "`audit` runs its sanity checks (unbounded attack, eps curve, repeat) on rank 0 while the other ranks "
+              "wait, and a training step on 8 crops per rank costs more than half a step on 16 (small-batch "
+              "convolutions, the critic's batch-norm all-reduces, the gradient all-reduce). The `Machine` line gives "
+              "the launcher's thread count; each worker process uses the thread count above."]
     update_section("scaling", "\n".join(lines) + "\n", args.results)
 
 
