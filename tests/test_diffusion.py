@@ -2,6 +2,7 @@
 process (finite differences; checkpointing changes nothing), and training that resumes to the same state."""
 import pytest
 import torch
+from conftest import needs_fmnist
 from safetensors.torch import load_file
 
 from advshield.defenses.diffusion import DiffPure, Schedule, UNet, load_diffpure
@@ -114,3 +115,22 @@ def test_checkpointing_keeps_backward_memory_flat_in_the_steps():
     plain = _saved_bytes(DiffPure(tiny(), sched, t_star=40, steps=8, seed=0, checkpoint_steps=False), x)
     assert kept[8] - kept[2] <= 6 * 4 * image  # a few image-sized inputs per extra step, no activations
     assert kept[8] < plain / 10
+
+
+@needs_fmnist
+def test_shipped_ddpm_loads_offline_and_reproduces_its_card():
+    """zoo:ddpm-fmnist (the EMA weights of `advshield train diffusion`, command in its card) loads without network
+    and gives back the DiffPure PSNR per t* its card states (seeded DDIM on the first test images)."""
+    from advshield.data import load_dataset
+    from advshield.data.tensors import to_float
+    from advshield.train.diffusion import purification_psnr
+
+    pure = load_diffpure("zoo:ddpm-fmnist", seed=0)
+    card = pure.card
+    assert card["kind"] == "diffusion" and card["command"].startswith("advshield train diffusion")
+    n = card["training"]["eval_images"]
+    images = to_float(load_dataset("fashion-mnist", "test").images[:n])
+    ts = tuple(int(k[6:]) for k in card["metrics"] if k.startswith("psnr_t"))
+    got = purification_psnr(pure.denoiser, pure.schedule, images, ts, seed=card["training"]["seed"])
+    for k, v in got.items():
+        assert v == pytest.approx(card["metrics"][k], abs=0.02), k
