@@ -155,8 +155,9 @@ def test_autoencoder_training_on_two_processes_equals_one(env, tmp_path, fake_fm
 
 def test_fru_training_on_two_processes_equals_one(env, tmp_path, fake_fmnist):
     """Pool members are fitted on rank i % N and gathered; each step's batch and perturbations are drawn whole and
-    sliced: 2 processes log the losses of 1 and reach its FRU weights (see the autoencoder test for the tolerance:
-    conv biases before batch norm, Adam)."""
+    sliced: 2 processes log the losses of 1 and reach its FRU weights (to 1e-3: Adam rescales the float-level gradient
+    of the conv biases before batch norm, see the autoencoder test; a batch norm the optimiser lost would be 3e-3
+    off)."""
     def args(out: str) -> list[str]:
         return ["train", "fru", "--model", "zoo:tiny-vgg", "--data-root", str(fake_fmnist), "--pool-size", "3",
                 "--pool-images", "30", "--steps", "3", "--batch-size", "8", "--eval-images", "20",
@@ -168,7 +169,7 @@ def test_fru_training_on_two_processes_equals_one(env, tmp_path, fake_fmnist):
              for d in ("one", "two")]
     assert torch.equal(*pools)
     _same_log(*(tmp_path / d / ".train" / "tiny-vgg-fru" / "log.csv" for d in ("one", "two")))
-    _close(*(load_file(str(tmp_path / d / "tiny-vgg-fru.safetensors")) for d in ("one", "two")), atol=3.5e-3)
+    _close(*(load_file(str(tmp_path / d / "tiny-vgg-fru.safetensors")) for d in ("one", "two")), atol=1e-3)
 
 
 def test_eval_on_an_image_folder_streamed_by_two_processes(env, tmp_path, gray_tree):
@@ -182,3 +183,17 @@ def test_eval_on_an_image_folder_streamed_by_two_processes(env, tmp_path, gray_t
     a, b = (load_file(str(tmp_path / d / "flags.safetensors")) for d in ("one", "two"))
     assert a.keys() == b.keys() and len(a["labels"]) == 10
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_global_batchnorm_keeps_the_parameters_an_optimiser_holds():
+    from advshield.distributed import GlobalBatchNorm, global_batchnorm
+
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.BatchNorm2d(2), torch.nn.Sequential(
+        torch.nn.BatchNorm2d(2)))
+    before = [id(p) for p in [*net.parameters(), *net.buffers()]]
+    x = torch.rand(4, 1, 6, 6)
+    want = net.train()(x)
+    global_batchnorm(net)
+    assert isinstance(net[1], GlobalBatchNorm) and isinstance(net[2][0], GlobalBatchNorm)
+    assert [id(p) for p in [*net.parameters(), *net.buffers()]] == before
+    torch.testing.assert_close(net(x), want)  # one process: plain batch norm

@@ -178,15 +178,11 @@ class GlobalBatchNorm(nn.BatchNorm2d):
 
 
 def global_batchnorm(module: nn.Module) -> nn.Module:
-    """Replace every BatchNorm2d inside ``module`` (in place) by a :class:`GlobalBatchNorm` with the same state."""
-    for name, child in list(module.named_children()):
-        if type(child) is nn.BatchNorm2d:
-            new = GlobalBatchNorm(child.num_features, child.eps, child.momentum, child.affine,
-                                  child.track_running_stats).to(next(child.buffers(), torch.empty(0)).device)
-            new.load_state_dict(child.state_dict())
-            setattr(module, name, new)
-        else:
-            global_batchnorm(child)
+    """Make every BatchNorm2d inside ``module`` a :class:`GlobalBatchNorm`, in place: the class is swapped, so the
+    parameters and buffers stay the same objects (an optimiser built before keeps working)."""
+    for m in module.modules():
+        if type(m) is nn.BatchNorm2d:
+            m.__class__ = GlobalBatchNorm
     return module
 
 

@@ -11,6 +11,7 @@ import math
 import shlex
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 from ..errors import AdvshieldError
 
@@ -230,6 +231,24 @@ def add_runtime_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=seed_int, default=0, help="random seed, 0 to 2^32-1 (default 0)")
     p.add_argument("--device", type=device_name, default="auto", help="auto, cpu, cuda, cuda:1, mps (default auto)")
     p.add_argument("--threads", type=thread_count, default=None, help="CPU threads for torch")
+
+
+def add_resume_flags(p: argparse.ArgumentParser) -> None:
+    """A trainer's --resume (default) / --fresh and --overwrite."""
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--resume", dest="fresh", action="store_false", help="continue a saved run (default)")
+    g.add_argument("--fresh", dest="fresh", action="store_true", help="ignore a saved training state, start over")
+    p.set_defaults(fresh=False)
+    p.add_argument("--overwrite", action="store_true", help="replace an existing NAME.safetensors in --out-dir")
+
+
+def new_checkpoint_path(args: argparse.Namespace, name: str) -> Path:
+    """OUT/NAME.safetensors a trainer will write; refused (before anything runs) when it exists without
+    --overwrite."""
+    out = Path(args.out_dir) / f"{name}.safetensors"
+    if out.exists() and not args.overwrite:
+        raise AdvshieldError(f"{out} exists; pass --overwrite to replace it")
+    return out
 
 
 def add_scale_flags(p: argparse.ArgumentParser, workers: bool = True) -> None:

@@ -3,18 +3,19 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 from ..errors import AdvshieldError
 from ..models.recipes import CLASSIFIER_RECIPES
 from ..registry import MODELS
 from .common import (
+    add_resume_flags,
     add_runtime_flags,
     add_scale_flags,
     apply_runtime,
     batch_int,
     budget_pixels,
     command_line,
+    new_checkpoint_path,
     plain_name,
     positive_float,
     positive_int,
@@ -41,8 +42,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--batch-size", type=batch_int)
     c.add_argument("--lr", type=positive_float)
     c.add_argument("--out-dir", default="zoo", help="where NAME.safetensors and NAME.json go (default zoo)")
-    c.add_argument("--fresh", action="store_true", help="ignore a saved training state and start over")
-    c.add_argument("--overwrite", action="store_true", help="replace an existing NAME.safetensors in --out-dir")
+    add_resume_flags(c)
     c.add_argument("--adversarial", choices=("pgd", "fgsm-rs", "trades"), default=None,
                    help="adversarial training: pgd (Madry), fgsm-rs (fast: random start + one step) or trades "
                         "(default: clean training, or the recipe's)")
@@ -93,9 +93,7 @@ def run_classifier(args: argparse.Namespace) -> int:
     base.update(arch=arch)
     cfg = ClassifierConfig(name=name, dataset=args.dataset, data_root=args.data_root, seed=args.seed,
                            device=args.device, amp=args.amp, accum=args.accum, **base)
-    out = Path(args.out_dir) / f"{name}.safetensors"
-    if out.exists() and not args.overwrite:
-        raise AdvshieldError(f"{out} exists; pass --overwrite to replace it")
+    out = new_checkpoint_path(args, name)
     card = train_classifier(cfg, args.out_dir, resume=not args.fresh, command=command_line())
     if not is_main():
         return 0

@@ -2,10 +2,10 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from ..errors import AdvshieldError
 from .common import (
+    add_resume_flags,
     add_runtime_flags,
     add_scale_flags,
     apply_runtime,
@@ -15,6 +15,7 @@ from .common import (
     csv_list,
     finite_float,
     min_budget_pixels,
+    new_checkpoint_path,
     non_negative_float,
     non_negative_int,
     plain_name,
@@ -68,11 +69,7 @@ def add_autoencoder_parser(tsub: argparse._SubParsersAction) -> None:
     p.add_argument("--eval-eps", type=budget_pixels, default=0.1, help="eps of the final metrics, 0-255 (default 25.5)")
     p.add_argument("--eval-images", type=non_negative_int, default=500,
                    help="test images for the final metrics (default 500; 0 skips)")
-    r = p.add_mutually_exclusive_group()
-    r.add_argument("--resume", dest="fresh", action="store_false", help="continue a saved run (default)")
-    r.add_argument("--fresh", dest="fresh", action="store_true", help="ignore a saved training state, start over")
-    p.set_defaults(fresh=False)
-    p.add_argument("--overwrite", action="store_true", help="replace an existing NAME.safetensors in --out-dir")
+    add_resume_flags(p)
     add_scale_flags(p, workers=False)
     add_runtime_flags(p)
     p.set_defaults(run=run_autoencoder)
@@ -93,9 +90,7 @@ def run_autoencoder(args: argparse.Namespace) -> int:
         eval_images=args.eval_images, save_every=args.save_every, log_every=args.log_every, seed=args.seed,
         device=args.device, data_root=args.data_root, threads=args.threads, amp=args.amp, accum=args.accum)
     check_config(cfg)
-    out = Path(args.out_dir) / f"{args.name}.safetensors"
-    if out.exists() and not args.overwrite:
-        raise AdvshieldError(f"{out} exists; pass --overwrite to replace it")
+    out = new_checkpoint_path(args, args.name)
     card = train_autoencoder(cfg, args.out_dir, resume=not args.fresh, command=command_line())
     if not is_main():
         return 0

@@ -2,15 +2,15 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-from ..errors import AdvshieldError
 from .common import (
+    add_resume_flags,
     add_runtime_flags,
     add_scale_flags,
     apply_runtime,
     batch_int,
     command_line,
+    new_checkpoint_path,
     non_negative_int,
     plain_name,
     positive_float,
@@ -59,11 +59,7 @@ def add_diffusion_parser(tsub: argparse._SubParsersAction) -> None:
     p.add_argument("--save-every", type=positive_int, default=500)
     p.add_argument("--log-every", type=positive_int, default=50)
     p.add_argument("--out-dir", default="zoo", help="where NAME.safetensors and NAME.json go (default zoo)")
-    g = p.add_mutually_exclusive_group()
-    g.add_argument("--resume", dest="fresh", action="store_false", help="continue a saved run (default)")
-    g.add_argument("--fresh", dest="fresh", action="store_true", help="ignore a saved training state, start over")
-    p.set_defaults(fresh=False)
-    p.add_argument("--overwrite", action="store_true", help="replace an existing NAME.safetensors in --out-dir")
+    add_resume_flags(p)
     add_scale_flags(p, workers=False)
     add_runtime_flags(p)
     p.set_defaults(run=run_diffusion)
@@ -81,9 +77,7 @@ def run_diffusion(args: argparse.Namespace) -> int:
                           save_every=args.save_every, log_every=args.log_every, seed=args.seed, device=args.device,
                           data_root=args.data_root, threads=args.threads, amp=args.amp, accum=args.accum)
     check_config(cfg)
-    out = Path(args.out_dir) / f"{args.name}.safetensors"
-    if out.exists() and not args.overwrite:
-        raise AdvshieldError(f"{out} exists; pass --overwrite to replace it")
+    out = new_checkpoint_path(args, args.name)
     card = train_diffusion(cfg, args.out_dir, resume=not args.fresh, command=command_line())
     if not is_main():
         return 0

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from ..errors import AdvshieldError
 from .common import (
+    add_resume_flags,
     add_runtime_flags,
     add_scale_flags,
     apply_runtime,
@@ -13,6 +14,7 @@ from .common import (
     command_line,
     csv_list,
     finite_float,
+    new_checkpoint_path,
     non_negative_int,
     norm_budget_pixels,
     pixels,
@@ -57,8 +59,7 @@ def add_fru_parser(tsub: argparse._SubParsersAction) -> None:
     p.add_argument("--eval-images", type=non_negative_int, default=2000)
     p.add_argument("--save-every", type=positive_int, default=100)
     p.add_argument("--out-dir", default="zoo")
-    p.add_argument("--fresh", action="store_true", help="ignore a saved training state and start over")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing NAME.safetensors in --out-dir")
+    add_resume_flags(p)
     add_scale_flags(p, workers=False)
     add_runtime_flags(p)
     p.set_defaults(run=run_fru)
@@ -81,9 +82,7 @@ def run_fru(args: argparse.Namespace) -> int:
                     eval_images=args.eval_images, seed=args.seed, device=args.device, data_root=args.data_root,
                     threads=args.threads, amp=args.amp, accum=args.accum)
     check_config(cfg)
-    out = Path(args.out_dir) / f"{name}.safetensors"
-    if out.exists() and not args.overwrite:
-        raise AdvshieldError(f"{out} exists; pass --overwrite to replace it")
+    out = new_checkpoint_path(args, name)
     card = train_fru(cfg, args.out_dir, resume=not args.fresh, command=command_line())
     if not is_main():
         return 0

@@ -2,10 +2,10 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from ..errors import AdvshieldError
 from .common import (
+    add_resume_flags,
     add_runtime_flags,
     add_scale_flags,
     apply_runtime,
@@ -13,6 +13,7 @@ from .common import (
     budget_pixels,
     command_line,
     min_budget_pixels,
+    new_checkpoint_path,
     non_negative_float,
     non_negative_int,
     plain_name,
@@ -74,11 +75,7 @@ def add_purifier_parser(tsub: argparse._SubParsersAction) -> None:
     p.add_argument("--log-every", type=positive_int, default=10, help="CSV/log interval in steps (default 10)")
     p.add_argument("--eval-images", type=non_negative_int, default=256,
                    help="images for the final PSNR metrics (default 256; 0 skips)")
-    g = p.add_mutually_exclusive_group()
-    g.add_argument("--resume", dest="fresh", action="store_false", help="continue a saved run (default)")
-    g.add_argument("--fresh", dest="fresh", action="store_true", help="ignore a saved training state, start over")
-    p.set_defaults(fresh=False)
-    p.add_argument("--overwrite", action="store_true", help="replace an existing NAME.safetensors in --out-dir")
+    add_resume_flags(p)
     add_scale_flags(p)
     add_runtime_flags(p)
     p.set_defaults(run=run_purifier)
@@ -101,9 +98,7 @@ def run_purifier(args: argparse.Namespace) -> int:
         log_every=args.log_every, eval_images=args.eval_images, seed=args.seed, device=args.device, amp=args.amp,
         accum=args.accum, workers=args.workers, data_root=args.data_root, threads=args.threads)
     check_config(cfg)
-    out = Path(args.out_dir) / f"{args.name}.safetensors"
-    if out.exists() and not args.overwrite:
-        raise AdvshieldError(f"{out} exists; pass --overwrite to replace it")
+    out = new_checkpoint_path(args, args.name)
     card = train_purifier(cfg, args.out_dir, resume=not args.fresh, command=command_line())
     if not is_main():
         return 0

@@ -41,7 +41,7 @@ from ..defenses.base import Defense
 from ..defenses.purifier import defend
 from ..errors import AdvshieldError
 from ..utils import mix
-from .engine import shrink
+from .engine import restart_randomness, shrink
 
 VERSIONS = ("auto", "quick")
 ZERO_GRAD_SHARE = 0.5  # more samples than this with an all-zero input gradient: the defense masks gradients
@@ -369,15 +369,6 @@ def audit(model: nn.Module, defense: Any, x: torch.Tensor, y: torch.Tensor, eps:
 Mode = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, int], torch.Tensor]  # (x, y, todo, seed) → x_adv
 
 
-def _restart(guarded: nn.Module, stream: int) -> None:
-    """Seed torch's global RNG and every seeded noise source of the defense (``restart_noise``) from ``stream``."""
-    torch.manual_seed(stream)
-    for m in guarded.modules():
-        restart = getattr(m, "restart_noise", None)
-        if callable(restart):
-            restart(stream)
-
-
 def _block(guarded: nn.Module, modes: list[tuple[str, Mode]], x: torch.Tensor, y: torch.Tensor, start: int,
            ex_rows: torch.Tensor, runs: int, seed: int, batch: int) -> dict[str, torch.Tensor]:
     """Every threat model on the samples ``x`` (global indices from ``start``): {"clean": runs×n bool,
@@ -386,14 +377,14 @@ def _block(guarded: nn.Module, modes: list[tuple[str, Mode]], x: torch.Tensor, y
     devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
     mine = ex_rows[(ex_rows >= start) & (ex_rows < start + len(x))] - start
     with torch.random.fork_rng(devices=devices):
-        _restart(guarded, mix(seed, start, "clean"))
+        restart_randomness([guarded], mix(seed, start, "clean"))
         clean = _correct(guarded, x, y, runs, batch)
         todo = clean.all(0).to(x.device)
         out = {"clean": clean}
         for i, (label, run) in enumerate(modes):
-            _restart(guarded, mix(seed, start, i))
+            restart_randomness([guarded], mix(seed, start, i))
             x_adv = run(x, y, todo, mix(seed, start, i, "attack"))
-            _restart(guarded, mix(seed, start, i, "score"))
+            restart_randomness([guarded], mix(seed, start, i, "score"))
             out[label] = _correct(guarded, x_adv, y, runs, batch) & clean.all(0)
             out["ex/" + label] = x_adv[mine.to(x.device)].cpu()
     return out

@@ -49,6 +49,17 @@ def shrink(x: torch.Tensor, side: int = EXAMPLE_SIDE) -> torch.Tensor:
 ADAPTIVE_MODES = ("full", "bpda")
 
 
+def restart_randomness(modules: Iterable[nn.Module], stream: int) -> None:
+    """Seed torch's global RNG with ``stream`` and restart every seeded noise source inside ``modules`` (submodules
+    with ``restart_noise``) at it: what a batch draws then depends on ``stream`` alone."""
+    torch.manual_seed(stream)
+    for module in modules:
+        for m in module.modules():
+            restart = getattr(m, "restart_noise", None)
+            if callable(restart):
+                restart(stream)
+
+
 class Engine:
     """``Engine(targets, attacks, defenses, sources=None).run(batches)``.
 
@@ -264,13 +275,7 @@ class Engine:
     def _restart(self, start: int) -> None:
         """Seed torch's global RNG and restart every seeded noise source of the defenses (modules with
         ``restart_noise``) from the run seed and the batch's global start index."""
-        stream = self._seed_for("batch", "", start)
-        torch.manual_seed(stream)
-        for defense in self.defenses.values():
-            for m in defense.modules():
-                restart = getattr(m, "restart_noise", None)
-                if callable(restart):
-                    restart(stream)
+        restart_randomness(self.defenses.values(), self._seed_for("batch", "", start))
 
     def _batch(self, x: torch.Tensor, y: torch.Tensor, start: int) -> dict[str, Any]:
         """Every cell of the grid on one batch starting at global index ``start``: {"y", "base": target → preds,

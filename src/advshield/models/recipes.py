@@ -8,9 +8,8 @@ CLASSIFIER_RECIPES: dict[str, dict[str, Any]] = {
     "fmnist-resnet": dict(arch="resnet", arch_args={"widths": [16, 32, 64], "blocks": 2}, epochs=10, lr=0.1),
     "fmnist-lenet": dict(arch="lenet", arch_args={"channels": [32, 64], "hidden": [256, 128]}, epochs=12,
                          lr=0.05),
-    # adversarial-training baselines (PGD-AT at L∞ 0.1 = 25.5/255, 3 steps of eps/2 from a random start). One epoch
-    # measured at 1 thread with another job on the second core: lenet 232 s (8 epochs ≈ 31 min), vgg 841 s
-    # (5 epochs ≈ 70 min; after one epoch: clean 78.5 %, PGD-10 69.3 % on test[:1000])
+    # adversarial-training baselines (PGD-AT at L∞ 0.1 = 25.5/255, 3 steps of eps/2 from a random start); epochs
+    # chosen to keep each run near an hour on 2 CPU cores (not trained yet: their cards will state the time)
     "fmnist-lenet-at": dict(arch="lenet", arch_args={"channels": [32, 64], "hidden": [256, 128]}, epochs=8,
                             lr=0.05, adversarial={"method": "pgd", "eps": 0.1, "steps": 3, "alpha": 0.05}),
     "fmnist-vgg-at": dict(arch="vgg", arch_args={"widths": [32, 64, 128]}, epochs=5, lr=0.1,

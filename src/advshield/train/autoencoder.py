@@ -19,7 +19,6 @@ resumed run equals the uninterrupted one.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import shlex
@@ -43,7 +42,8 @@ from ..defenses.nrp import Purifier, count_parameters
 from ..errors import AdvshieldError
 from ..models import load_model
 from ..models.checkpoint import save_checkpoint
-from ..utils import pick_device, seed_everything
+from ..utils import seed_everything
+from . import runtime
 from .loop import check_accum, run_steps, step_generator, step_seed
 
 KINDS = ("ae", "vae")
@@ -183,14 +183,9 @@ class AutoencoderTrainer:
         self.net = net.to(device)
         self.classifier = classifier.to(device).eval().requires_grad_(False)
         self.parallel = distributed.world()[1] > 1
-        self.model: nn.Module = self.net  # what the step calls (DDP-wrapped under torchrun)
-        if self.parallel:
-            from torch.nn.parallel import DistributedDataParallel
-
-            distributed.global_batchnorm(self.net)
-            self.model = DistributedDataParallel(self.net, device_ids=[device] if device.type == "cuda" else None)
+        self.model = runtime.data_parallel(self.net, device)  # what the step calls
         self.opt = torch.optim.Adam(self.net.parameters(), lr=cfg.lr)
-        self.scaler = torch.amp.GradScaler("cuda", enabled=cfg.amp == "fp16" and device.type == "cuda")
+        self.scaler = runtime.grad_scaler(cfg.amp, device)
         self.train_set = train
         self.source = BatchSource(len(train), cfg.batch_size, cfg.seed)
         self.rows = distributed.rows(cfg.batch_size)
@@ -245,9 +240,7 @@ class AutoencoderTrainer:
             noise = getattr(self.net, "noise", None)
             if noise is not None:
                 noise.shard = None if len(xc) == self.cfg.batch_size else (at, self.cfg.batch_size)
-            sync = contextlib.nullcontext() if (i == len(parts) - 1 or not self.parallel) else self.model.no_sync()
-            with sync, torch.autocast("cuda", dtype=torch.bfloat16 if self.cfg.amp == "bf16" else torch.float16,
-                                      enabled=bool(self.cfg.amp) and self.device.type == "cuda"):
+            with runtime.no_sync(self.model, i == len(parts) - 1), runtime.autocast(self.cfg.amp, self.device):
                 loss, out = self._loss(xc, xi, step_generator(self.cfg.seed, step, _NOISE))
                 self.scaler.scale(loss / len(parts)).backward()
             for k, v in out.items():
@@ -336,17 +329,7 @@ def train_autoencoder(cfg: AutoencoderConfig, out_dir: str | Path, work_dir: str
     """Train (checkpoints under ``work_dir``, default OUT/.train/NAME, resumed from there), evaluate on the
     first ``eval_images`` test images, write ``OUT/NAME.safetensors`` + card (kind "purifier"). Returns the card."""
     check_config(cfg)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    device = distributed.local_device(pick_device(cfg.device))
-    _, size = distributed.init(device)
-    if cfg.batch_size % (size * cfg.accum):
-        raise AdvshieldError(f"batch size {cfg.batch_size} does not split into {size} process(es) × {cfg.accum} "
-                             "accumulation steps; pick a multiple of their product")
-    if not distributed.is_main():
-        log = _quiet
-    if cfg.amp and device.type != "cuda":
-        log(f"note: --amp {cfg.amp} applies on CUDA only; training in float32 on {device.type}")
+    device, size, log = runtime.start(cfg, log)
     seed_everything(cfg.seed)
     net, arch = build_net(cfg)
     train, test = _load_data(cfg, net.in_channels, net.image_size)
@@ -390,6 +373,3 @@ def train_autoencoder(cfg: AutoencoderConfig, out_dir: str | Path, work_dir: str
     }
     return distributed.broadcast(save_checkpoint(net, Path(out_dir) / f"{cfg.name}.safetensors", card))
 
-
-def _quiet(_: str) -> None:
-    """The log of ranks other than 0."""

@@ -10,7 +10,6 @@ process count.
 """
 from __future__ import annotations
 
-import contextlib
 import csv
 import json
 import shlex
@@ -30,8 +29,8 @@ from ..data.tensors import TensorDataset, to_float
 from ..errors import AdvshieldError
 from ..models.checkpoint import save_checkpoint
 from ..registry import MODELS
-from ..utils import atomic_path, pick_device, progress, seed_everything
-from . import adversarial
+from ..utils import atomic_path, progress, seed_everything
+from . import adversarial, runtime
 from .loop import check_accum, step_seed
 
 
@@ -98,15 +97,8 @@ def train_classifier(cfg: ClassifierConfig, out_dir: str | Path, work_dir: str |
     """Train, checkpoint each epoch under ``work_dir``, resume from there, then write the zoo entry."""
     check_accum(cfg.accum, cfg.batch_size, cfg.amp)
     adversarial.check_adversarial(cfg.adversarial)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    device = distributed.local_device(pick_device(cfg.device))
-    rank, size = distributed.init(device)
+    device, size, log = runtime.start(cfg, log, split=False)  # uneven shards are fine: the loss is a global sum
     main = distributed.is_main()
-    if not main:
-        log = _quiet
-    if cfg.amp and device.type != "cuda":
-        log(f"note: --amp {cfg.amp} applies on CUDA only; training in float32 on {device.type}")
     out_dir = Path(out_dir)
     work = Path(work_dir) if work_dir else out_dir / ".train" / cfg.name
     work.mkdir(parents=True, exist_ok=True)
@@ -114,18 +106,13 @@ def train_classifier(cfg: ClassifierConfig, out_dir: str | Path, work_dir: str |
     train = load_dataset(cfg.dataset, "train", cfg.data_root)
     test = load_dataset(cfg.dataset, "test", cfg.data_root)
     model = MODELS.get(cfg.arch)(**cfg.arch_args).to(device)
-    net: nn.Module = model
-    if size > 1:
-        from torch.nn.parallel import DistributedDataParallel
-
-        distributed.global_batchnorm(model)
-        net = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+    net = runtime.data_parallel(model, device)
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, nesterov=True,
                           weight_decay=cfg.weight_decay)
     steps_per_epoch = -(-len(train) // cfg.batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, epochs=cfg.epochs,
                                                 steps_per_epoch=steps_per_epoch, pct_start=0.15)
-    scaler = torch.amp.GradScaler("cuda", enabled=cfg.amp == "fp16" and device.type == "cuda")
+    scaler = runtime.grad_scaler(cfg.amp, device)
     state_path = work / "state.pt"
     start_epoch, elapsed = 0, 0.0
     if resume and state_path.exists():
@@ -220,11 +207,8 @@ def _step(net: nn.Module, opt: torch.optim.Optimizer, scaler: torch.amp.GradScal
     advs = x_adv.tensor_split(k) if x_adv is not None else [None] * k
     parts = list(zip(x.tensor_split(k), y.tensor_split(k), advs))
     local = 0.0
-    amp = cfg.amp in ("bf16", "fp16") and device.type == "cuda"
     for i, (xp, yp, ap) in enumerate(parts):
-        sync = contextlib.nullcontext() if (i == len(parts) - 1 or size == 1) else net.no_sync()
-        with sync, torch.autocast("cuda", dtype=torch.bfloat16 if cfg.amp == "bf16" else torch.float16,
-                                  enabled=amp):
+        with runtime.no_sync(net, i == len(parts) - 1), runtime.autocast(cfg.amp, device):
             if ap is None:
                 loss = F.cross_entropy(net(xp).float(), yp, label_smoothing=cfg.label_smoothing, reduction="sum")
             else:
@@ -253,6 +237,3 @@ def pgd_accuracy(model: nn.Module, data: TensorDataset, cfg: ClassifierConfig, d
     model.train(was)
     return correct / max(len(data), 1)
 
-
-def _quiet(_: str) -> None:
-    """The log of ranks other than 0."""

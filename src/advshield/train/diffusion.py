@@ -8,7 +8,6 @@ for the whole batch (torchrun ranks take their rows), so a resumed or sharded ru
 """
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
 import math
@@ -24,10 +23,11 @@ import torch.nn.functional as F
 from .. import distributed
 from ..data import load_dataset
 from ..data.tensors import to_float
-from ..defenses.diffusion import DENOISERS, SAMPLERS, SCHEDULES, DiffPure, Schedule, UNet
+from ..defenses.diffusion import DENOISERS, SCHEDULES, DiffPure, Schedule, UNet
 from ..errors import AdvshieldError
 from ..models.checkpoint import save_checkpoint
-from ..utils import pick_device, seed_everything
+from ..utils import seed_everything
+from . import runtime
 from .loop import check_accum, run_steps, step_generator
 from .purifier import psnr
 
@@ -96,11 +96,8 @@ class DiffusionTrainer:
         self.ema = copy.deepcopy(self.net).eval().requires_grad_(False)
         self.schedule = Schedule(cfg.schedule, cfg.timesteps)
         self.opt = torch.optim.Adam(self.net.parameters(), lr=cfg.lr)
-        self.model: torch.nn.Module = self.net
-        if distributed.world()[1] > 1:
-            from torch.nn.parallel import DistributedDataParallel
-
-            self.model = DistributedDataParallel(self.net, device_ids=[device] if device.type == "cuda" else None)
+        self.scaler = runtime.grad_scaler(cfg.amp, device)
+        self.model = runtime.data_parallel(self.net, device)
         self.rows = distributed.rows(cfg.batch_size)
 
     def state_dict(self) -> dict[str, Any]:
@@ -136,13 +133,12 @@ class DiffusionTrainer:
         for i, (xp, tp, ep) in enumerate(zip(x0.tensor_split(k), t.tensor_split(k), eps.tensor_split(k))):
             a = self.schedule.at(tp, xp)
             xt = a.sqrt() * xp + (1 - a).sqrt() * ep
-            sync = self.model.no_sync() if (i < k - 1 and self.model is not self.net) else contextlib.nullcontext()
-            with sync, torch.autocast("cuda", dtype=torch.bfloat16 if self.cfg.amp == "bf16" else torch.float16,
-                                      enabled=bool(self.cfg.amp) and self.device.type == "cuda"):
+            with runtime.no_sync(self.model, i == k - 1), runtime.autocast(self.cfg.amp, self.device):
                 loss = F.mse_loss(self.model(xt, tp).float(), ep)
-                (loss / k).backward()
+                self.scaler.scale(loss / k).backward()
             total += float(loss.detach()) / k
-        self.opt.step()
+        self.scaler.step(self.opt)
+        self.scaler.update()
         with torch.no_grad():
             for e, p in zip(self.ema.parameters(), self.net.parameters()):
                 e.mul_(self.cfg.ema).add_(p.detach(), alpha=1 - self.cfg.ema)
@@ -169,15 +165,7 @@ def train_diffusion(cfg: DiffusionConfig, out_dir: str | Path, work_dir: str | P
     """Train (checkpoints under ``work_dir``, default OUT/.train/NAME; resumes), then write
     ``OUT/NAME.safetensors`` (the EMA weights) + card (kind "diffusion", architecture "unet"). Returns the card."""
     check_config(cfg)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    device = distributed.local_device(pick_device(cfg.device))
-    _, size = distributed.init(device)
-    if cfg.batch_size % (size * cfg.accum):
-        raise AdvshieldError(f"batch size {cfg.batch_size} does not split into {size} process(es) × {cfg.accum} "
-                             "accumulation steps; pick a multiple of their product")
-    if not distributed.is_main():
-        log = _quiet
+    device, size, log = runtime.start(cfg, log)
     seed_everything(cfg.seed)
     train = load_dataset(cfg.data, "train", cfg.data_root)
     c, h, w = (int(v) for v in train.images.shape[1:])
@@ -222,10 +210,3 @@ def train_diffusion(cfg: DiffusionConfig, out_dir: str | Path, work_dir: str | P
     }
     return distributed.broadcast(save_checkpoint(ema, Path(out_dir) / f"{cfg.name}.safetensors", card, DENOISERS))
 
-
-def _quiet(_: str) -> None:
-    """The log of ranks other than 0."""
-
-
-__all__ = ["DiffusionConfig", "DiffusionTrainer", "SAMPLERS", "check_config", "purification_psnr",
-           "train_diffusion"]

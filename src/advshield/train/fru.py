@@ -18,7 +18,6 @@ The result is a zoo classifier ``NAME`` (architecture ``fru``, card field ``base
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import time
 from dataclasses import asdict, dataclass
@@ -37,7 +36,8 @@ from ..errors import AdvshieldError
 from ..models import load_model
 from ..models.checkpoint import save_checkpoint
 from ..registry import UNIVERSAL
-from ..utils import atomic_path, pick_device, seed_everything
+from ..utils import atomic_path, seed_everything
+from . import runtime
 from .classifier import augment_batch, evaluate_accuracy
 from .loop import check_accum, run_steps, step_generator
 
@@ -201,14 +201,8 @@ class FRUTrainer:
                  device: torch.device) -> None:
         self.cfg, self.net, self.pool, self.train_set, self.device = cfg, net.to(device), pool, train, device
         self.opt = torch.optim.Adam(net.fru_parameters(), lr=cfg.lr)
-        self.parallel = distributed.world()[1] > 1
-        self.model: torch.nn.Module = self.net  # DDP-wrapped under torchrun (FRU batch norms: global batch)
-        if self.parallel:
-            from torch.nn.parallel import DistributedDataParallel
-
-            distributed.global_batchnorm(self.net)
-            self.model = DistributedDataParallel(self.net, device_ids=[device] if device.type == "cuda" else None)
-        self.scaler = torch.amp.GradScaler("cuda", enabled=cfg.amp == "fp16" and device.type == "cuda")
+        self.model = runtime.data_parallel(self.net, device)  # FRU batch norms over the global batch under torchrun
+        self.scaler = runtime.grad_scaler(cfg.amp, device)
 
     def state_dict(self) -> dict[str, Any]:
         return {"frus": {k: v for k, v in self.net.state_dict().items() if ".fru." in k}, "opt": self.opt.state_dict()}
@@ -234,9 +228,7 @@ class FRUTrainer:
                                              delta.tensor_split(n_parts))):
             xb = torch.cat([xp, (xp + dp).clamp(0, 1)]).to(self.device)
             yb = torch.cat([yp, yp]).to(self.device)
-            sync = contextlib.nullcontext() if (i == n_parts - 1 or not self.parallel) else self.model.no_sync()
-            with sync, torch.autocast("cuda", dtype=torch.bfloat16 if cfg.amp == "bf16" else torch.float16,
-                                      enabled=bool(cfg.amp) and self.device.type == "cuda"):
+            with runtime.no_sync(self.model, i == n_parts - 1), runtime.autocast(cfg.amp, self.device):
                 logits = self.model(xb).float()
                 loss_clean = F.cross_entropy(logits[: len(xp)], yb[: len(xp)])
                 loss_pert = F.cross_entropy(logits[len(xp):], yb[len(xp):])
@@ -270,17 +262,7 @@ def train_fru(cfg: FRUConfig, out_dir: str | Path, work_dir: str | Path | None =
     """Fit the pool, train the FRUs (checkpoints under ``work_dir``, default OUT/.train/NAME; resumes), then
     write ``OUT/NAME.safetensors`` + card (kind "classifier", architecture "fru"). Returns the card."""
     check_config(cfg)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    device = distributed.local_device(pick_device(cfg.device))
-    _, size = distributed.init(device)
-    if cfg.batch_size % (size * cfg.accum):
-        raise AdvshieldError(f"batch size {cfg.batch_size} does not split into {size} process(es) × {cfg.accum} "
-                             "accumulation steps; pick a multiple of their product")
-    if not distributed.is_main():
-        log = _quiet
-    if cfg.amp and device.type != "cuda":
-        log(f"note: --amp {cfg.amp} applies on CUDA only; training in float32 on {device.type}")
+    device, size, log = runtime.start(cfg, log)
     out_dir = Path(out_dir)
     seed_everything(cfg.seed)
     base = load_model(cfg.model)
@@ -342,6 +324,3 @@ def train_fru(cfg: FRUConfig, out_dir: str | Path, work_dir: str | Path | None =
     }
     return distributed.broadcast(save_checkpoint(net, out_dir / f"{cfg.name}.safetensors", out))
 
-
-def _quiet(_: str) -> None:
-    """The log of ranks other than 0."""

@@ -24,6 +24,7 @@ import torch
 from .. import distributed
 from ..errors import AdvshieldError
 from ..utils import atomic_path, progress
+from .runtime import quiet
 
 
 def step_generator(seed: int, step: int, stream: int) -> torch.Generator:
@@ -89,7 +90,7 @@ def run_steps(name: str, steps: int, step_fn: Callable[[int], dict[str, float]],
     work = Path(work)
     main = distributed.is_main()
     if not main:
-        log = _silent
+        log = quiet
     work.mkdir(parents=True, exist_ok=True)
     state_path, log_path = work / "state.pt", work / "log.csv"
     start, elapsed = 0, 0.0
@@ -145,6 +146,3 @@ def run_steps(name: str, steps: int, step_fn: Callable[[int], dict[str, float]],
             save(done)
     return LoopResult(last=last, elapsed=elapsed, resumed_from=start)
 
-
-def _silent(_: str) -> None:
-    """The log of ranks other than 0."""

@@ -54,9 +54,10 @@ from ..models import load_model
 from ..models.checkpoint import save_checkpoint
 from ..models.vgg16 import VGG16Features
 from ..registry import ATTACKS
-from ..utils import pick_device, seed_everything
+from ..utils import seed_everything
+from . import runtime
 from .classifier import augment_batch
-from .loop import AMP_MODES, check_accum, run_steps, step_generator, step_seed
+from .loop import check_accum, run_steps, step_generator, step_seed
 
 ADVERSARIES = ("ssp", "gaussian", "fgsm", "mi-di")
 LOSS_KEYS = ("total", "feat", "img", "adv", "critic")
@@ -182,8 +183,10 @@ def _match_channels(x: torch.Tensor, channels: int) -> torch.Tensor:
     raise DataError(f"cannot feed {c}-channel images to a {channels}-channel purifier")
 
 
-def _flip(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    flip = torch.rand(len(x), generator=gen) < 0.5
+def _flip(x: torch.Tensor, gen: torch.Generator, n: int | None = None, keep: slice = slice(None)) -> torch.Tensor:
+    """Flip each image of x horizontally with probability ½; the coins are drawn for a batch of ``n`` (default
+    len(x)) of which x holds the rows ``keep``."""
+    flip = (torch.rand(n or len(x), generator=gen) < 0.5)[keep]
     x[flip] = x[flip].flip(-1)
     return x
 
@@ -244,9 +247,7 @@ class CropSource(Dataset):
                 l_ = int(torch.randint(w - c + 1, (1,), generator=gen))
                 if j in mine:  # the random draws of every row are made; only this process's files are read
                     out.append(read_image(path, self.channels)[:, t : t + c, l_ : l_ + c])
-            flip = torch.rand(n, generator=gen)[keep] < 0.5
-            x = torch.stack(out)
-            x[flip] = x[flip].flip(-1)
+            x = _flip(torch.stack(out), gen, n, keep)
         return _match_channels(x, self.channels)
 
     def _crops(self, images: list[torch.Tensor], gen: torch.Generator) -> torch.Tensor:
@@ -436,28 +437,20 @@ class PurifierTrainer:
         out_ch = int(getattr(purifier, "out_channels", getattr(purifier, "in_channels", 3)))
         self.critic = Critic(out_ch, cfg.critic_width).to(device)
         self.parallel = distributed.world()[1] > 1
-        if self.parallel:
-            distributed.global_batchnorm(self.purifier)
+        if self.parallel:  # called several times per step: not DDP-wrapped (gradients averaged by hand)
             distributed.global_batchnorm(self.critic)
         self.opt_p = torch.optim.Adam(self.purifier.parameters(), lr=cfg.lr, betas=tuple(cfg.betas))
         self.opt_c = torch.optim.Adam(self.critic.parameters(), lr=cfg.lr, betas=tuple(cfg.betas))
-        self.net = self.purifier
-        if self.parallel:
-            from torch.nn.parallel import DistributedDataParallel
-
-            self.net = DistributedDataParallel(self.purifier, device_ids=[device] if device.type == "cuda" else None)
+        self.net = runtime.data_parallel(self.purifier, device)
         self.feature_model = feature_model.to(device)
         # the SSP object doubles as the feature extractor (its outputs() hook stops at ``layer``)
         self.extractor = SSP(self.feature_model, eps=cfg.eps, layer=layer)
         self.adversary = Adversary(cfg, self.feature_model, layer, is_classifier)
-        fp16 = cfg.amp == "fp16" and device.type == "cuda"
-        self.scaler_p = torch.amp.GradScaler("cuda", enabled=fp16)
-        self.scaler_c = torch.amp.GradScaler("cuda", enabled=fp16)
+        self.scaler_p = runtime.grad_scaler(cfg.amp, device)
+        self.scaler_c = runtime.grad_scaler(cfg.amp, device)
 
     def autocast(self) -> contextlib.AbstractContextManager:
-        if self.cfg.amp in AMP_MODES and self.device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.bfloat16 if self.cfg.amp == "bf16" else torch.float16)
-        return contextlib.nullcontext()
+        return runtime.autocast(self.cfg.amp, self.device)
 
     def state_dict(self) -> dict[str, Any]:
         return {"purifier": self.purifier.state_dict(), "critic": self.critic.state_dict(),
@@ -491,8 +484,7 @@ class PurifierTrainer:
         self.opt_p.zero_grad(set_to_none=True)
         hats = []
         for i, (part, x_adv) in enumerate(micro):
-            sync = contextlib.nullcontext() if (i == len(micro) - 1 or not self.parallel) else self.net.no_sync()
-            with sync:
+            with runtime.no_sync(self.net, i == len(micro) - 1):
                 losses, x_hat = self._purifier_loss(part, x_adv)
                 self.scaler_p.scale(losses["total"] / len(micro)).backward()
             hats.append(x_hat.detach())
@@ -613,17 +605,7 @@ def train_purifier(cfg: PurifierConfig, out_dir: str | Path, work_dir: str | Pat
     """Train (checkpointing every ``save_every`` steps under ``work_dir``, default OUT/.train/NAME, and
     resuming from there), then write ``OUT/NAME.safetensors`` + card (kind "purifier"). Returns the card."""
     check_config(cfg)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    device = distributed.local_device(pick_device(cfg.device))
-    rank, size = distributed.init(device)
-    if size > 1 and cfg.batch_size % (size * cfg.accum):
-        raise AdvshieldError(f"batch size {cfg.batch_size} does not split into {size} processes × {cfg.accum} "
-                             "accumulation steps; pick a multiple of their product")
-    if not distributed.is_main():
-        log = _quiet
-    if cfg.amp and device.type != "cuda":
-        log(f"note: --amp {cfg.amp} applies on CUDA only; training in float32 on {device.type}")
+    device, size, log = runtime.start(cfg, log)
     out_dir = Path(out_dir)
     seed_everything(cfg.seed)
     purifier, arch = resolve_arch(cfg)
@@ -680,6 +662,3 @@ def train_purifier(cfg: PurifierConfig, out_dir: str | Path, work_dir: str | Pat
     return distributed.broadcast(save_checkpoint(trainer.purifier.cpu(), out_dir / f"{cfg.name}.safetensors",
                                                  card))
 
-
-def _quiet(_: str) -> None:
-    """The log of ranks other than 0."""
