@@ -2,11 +2,12 @@
 
 - :class:`UNet`: a small ε-prediction U-Net (sinusoidal time embedding, one residual block per level with
   GroupNorm and SiLU, two stride-2 downsamplings, one self-attention block at the lowest resolution).
-  N×C×H×W (H, W divisible by 4, values in [-1, 1]) and timesteps N → predicted noise N×C×H×W.
+  N×C×H×W (H, W divisible by :attr:`UNet.multiple`, values in [-1, 1]) and timesteps N → predicted noise N×C×H×W.
 - :class:`Schedule`: DDPM variance schedules (linear 1e-4…0.02 over T steps, or the cosine one of Nichol &
   Dhariwal) and the cumulative products ᾱ_t.
 - :class:`DiffPure`: x in [0,1] → x₀ = 2x − 1 → x_{t*} = √ᾱ x₀ + √(1 − ᾱ) ε (ε ~ N(0, I), seeded) → ``steps``
-  reverse steps to t = 0 (DDIM, η = 0, or DDPM ancestral sampling) → (x̂₀ + 1)/2 clamped to [0,1].
+  reverse steps to t = 0 (DDIM, η = 0, or DDPM ancestral sampling) → (x̂₀ + 1)/2 clamped to [0,1]. Images whose
+  sides the denoiser cannot take are edge-padded to its multiple and cropped back.
   Randomized (attack it with EOT); differentiable end to end, each reverse step under gradient checkpointing so
   the memory of a backward pass stays flat in the number of steps; BPDA substitute: the identity.
 
@@ -109,6 +110,11 @@ class UNet(nn.Module):
         nn.init.zeros_(self.conv_out.weight)
         nn.init.zeros_(self.conv_out.bias)
 
+    @property
+    def multiple(self) -> int:
+        """H and W must be multiples of this (2 per downsampling)."""
+        return 2 ** len(self.pools)
+
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         temb = self.time(timestep_embedding(t, self.base).to(x.dtype))
         h = self.conv_in(x)
@@ -208,7 +214,12 @@ class DiffPure(Defense):
         return mean + var.clamp_min(0).sqrt() * noise
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h_in, w_in = x.shape[-2:]
+        m = int(getattr(self.denoiser, "multiple", 1))
+        pad_h, pad_w = -h_in % m, -w_in % m
         x0 = x * 2 - 1
+        if pad_h or pad_w:
+            x0 = F.pad(x0, (0, pad_w, 0, pad_h), mode="replicate")
         a = self.schedule.at(torch.full((len(x),), self.t_star), x0)
         h = a.sqrt() * x0 + (1 - a).sqrt() * self._noise(x0)
         ts = self.timesteps()
@@ -219,7 +230,7 @@ class DiffPure(Defense):
                 h = checkpoint(self._step, h, t, t_prev, noise, use_reentrant=False)
             else:
                 h = self._step(h, t, t_prev, noise)
-        return ((h + 1) / 2).clamp(0, 1)
+        return ((h[..., :h_in, :w_in] + 1) / 2).clamp(0, 1)
 
     def extra_repr(self) -> str:
         return (f"t_star={self.t_star}/{self.schedule.steps}, steps={self.steps}, sampler={self.sampler!r}, "
@@ -245,7 +256,8 @@ def load_diffpure(spec: str = "zoo:ddpm-fmnist", t_star: int | None = None, step
     if card["kind"] != "diffusion":
         raise ModelError(f"{card['name']!r} is a {card['kind']}, not a diffusion denoiser")
     chosen = card.get("diffpure", {})
-    pure = DiffPure(net, card_schedule(card), t_star=int(t_star or chosen.get("t_star", 100)),
-                    steps=int(steps or chosen.get("steps", 10)), sampler=sampler, seed=seed)
+    t_star = int(chosen.get("t_star", 100) if t_star is None else t_star)
+    steps = int(min(chosen.get("steps", 10), t_star) if steps is None else steps)
+    pure = DiffPure(net, card_schedule(card), t_star=t_star, steps=steps, sampler=sampler, seed=seed)
     pure.card = card  # type: ignore[assignment]
     return pure

@@ -4,7 +4,8 @@ Grammar::
 
     SPEC  := ITEM ("+" ITEM)*                              applied left to right
     ITEM  := NAME [":" KEY "=" VALUE ("," KEY "=" VALUE)*]
-    NAME  := a registered defense (jpeg, median, nrp, ...) | zoo:NAME | PATH.safetensors (a trained purifier)
+    NAME  := a registered defense (jpeg, median, nrp, ...) | zoo:NAME | PATH.safetensors (a trained purifier,
+             or a diffusion denoiser: DiffPure with it)
 
 VALUEs are parsed as int, float, bool (``true``/``false``), ``none``, else a string; each must fit the type of
 the constructor argument it sets (checked before building). Examples: ``"jpeg:quality=50"``,
@@ -127,8 +128,11 @@ def _item_class(item: DefenseItem) -> type[nn.Module]:
     if item.trained:
         from .shipped import ZooPurifier
         from .shipped_ae import ZooAutoencoder
+        from .shipped_diffusion import DiffPureDefense
 
         card = purifier_card(item.name)
+        if card.get("kind") == "diffusion":  # a DDPM checkpoint names DiffPure with that denoiser
+            return DiffPureDefense
         return ZooAutoencoder if str(card.get("architecture")) in _AUTOENCODER_ARCHS else ZooPurifier
     if item.name not in DEFENSES:
         known = ", ".join(DEFENSES.names())
