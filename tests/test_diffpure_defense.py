@@ -94,3 +94,4 @@ def test_purify_and_audit_commands_take_diffpure(gray_tree, tmp_path, fake_fmnis
                  "--n-queries", "5", "--eot", "2", "--draws", "2", "--out", str(out)]) == 0
     doc = json.loads((out / "audit.json").read_text())
     assert doc["meta"]["randomized"] and doc["meta"]["draws"] == 2 and "diffpure" in doc["meta"]["defense"]
+    assert not (out / ".advshield-audit-blocks").exists()  # resume blocks go once the report is written

@@ -3,6 +3,7 @@ written as OUT/audit.md, OUT/audit.json and OUT/flags.safetensors (per-sample ro
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 from pathlib import Path
 
@@ -21,6 +22,8 @@ from .common import (
     positive_int,
 )
 
+RESUME_DIR = ".advshield-audit-blocks"  # finished blocks of a running audit under OUT (removed once it is written)
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("audit", help="adaptive evaluation of a defense: transfer, full gradient, BPDA, EOT, Square",
@@ -28,7 +31,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        "(transfer from the undefended model; full gradients through the defense where it is "
                        "differentiable, measured; BPDA through its substitute; EOT and repeated draws when it is "
                        "randomized, detected; Square as the gradient-free check) and report the worst case per "
-                       "sample, with sanity-check flags. Writes OUT/audit.md, OUT/audit.json, OUT/flags.safetensors.")
+                       "sample, with sanity-check flags. Writes OUT/audit.md, OUT/audit.json, OUT/flags.safetensors. "
+                       f"A stopped run resumes when re-run with the same arguments: finished blocks of --batch-size "
+                       f"samples wait in OUT/{RESUME_DIR} until the report is written.")
     p.add_argument("--model", required=True, help="classifier spec (zoo:NAME, py:FILE.py:NAME@WEIGHTS, ...)")
     p.add_argument("--defense", default="none",
                    help="defense spec: a registered name with settings and stacks (jpeg:quality=50, median+jpeg), a "
@@ -106,6 +111,7 @@ def run(args: argparse.Namespace) -> int:
         res = audit(model, defense, x, data.labels, args.eps, args.norm, args.version, steps=args.steps,
                     eot=args.eot, draws=args.draws, n_queries=args.n_queries, seed=args.seed,
                     batch_size=args.batch_size, adapt_channels=args.adapt_channels, device=device,
+                    resume_dir=out / RESUME_DIR,
                     log=lambda s: print(f"  {s}", file=sys.stderr) if distributed.is_main() else None)
     except AdvshieldError as e:
         raise AdvshieldError(f"--defense {args.defense}: {e}" if defense is not None else str(e)) from None
@@ -122,6 +128,7 @@ def run(args: argparse.Namespace) -> int:
     paths = write_audit_report(res.to_json(), markdown, {k: v.to(torch.uint8) for k, v in flags.items()}, out,
                                title, res.meta["command"], res.examples,
                                {f"mode{i}": k for i, k in enumerate(res.per_sample)})
+    shutil.rmtree(out / RESUME_DIR, ignore_errors=True)  # the finished blocks are in the report now
     print(markdown)
     print(f"wrote {paths['html']} (open it in a browser), {paths['markdown']}, {paths['json']} and "
           f"{paths['flags']}")

@@ -26,6 +26,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -41,6 +42,7 @@ from ..defenses.base import Defense
 from ..defenses.purifier import defend
 from ..errors import AdvshieldError
 from ..utils import mix
+from .blockcache import BlockCache, fingerprint
 from .engine import restart_randomness, shrink
 
 VERSIONS = ("auto", "quick")
@@ -169,7 +171,7 @@ def _attack(make: Callable[[], Any], x: torch.Tensor, y: torch.Tensor, todo: tor
 def audit(model: nn.Module, defense: Any, x: torch.Tensor, y: torch.Tensor, eps: float, norm: str = "linf",
           version: str = "auto", *, steps: int | None = None, eot: int = 20, draws: int = 10,
           n_queries: int | None = None, seed: int = 0, batch_size: int = 250, adapt_channels: bool = False,
-          device: str | torch.device = "cpu", examples: int = 4,
+          device: str | torch.device = "cpu", examples: int = 4, resume_dir: str | Path | None = None,
           log: Callable[[str], None] | None = None) -> AuditResult:
     """Audit ``defense`` in front of ``model`` on images ``x`` (N×C×H×W in [0,1]) with labels ``y`` (N int).
 
@@ -178,7 +180,10 @@ def audit(model: nn.Module, defense: Any, x: torch.Tensor, y: torch.Tensor, eps:
     (APGD 100 steps, Square 1000 queries) or ``"quick"`` (APGD 20 steps, Square 200 queries); ``steps`` /
     ``n_queries`` override. ``eot``: gradient samples per step for a randomized defense (≥ 20 recommended);
     ``draws``: forward passes each sample is scored over when the defense is randomized. ``examples``: samples
-    (seeded choice) kept as images per threat model for the report (:attr:`AuditResult.examples`)."""
+    (seeded choice) kept as images per threat model for the report (:attr:`AuditResult.examples`).
+    ``resume_dir``: store each finished block of ``batch_size`` samples (and the sanity checks) there, keyed by the
+    images, labels, weights and settings, so a stopped audit re-run with the same arguments resumes (results are
+    identical: each block's randomness restarts from (seed, block start))."""
     t0 = time.time()
     say = log or (lambda s: None)
     if version not in VERSIONS:
@@ -235,6 +240,9 @@ def audit(model: nn.Module, defense: Any, x: torch.Tensor, y: torch.Tensor, eps:
             flags.append("non-differentiable")
 
     lp = "Linf" if norm == "linf" else "L2"
+    cache = BlockCache(resume_dir, fingerprint(
+        model, guarded, x, y, repr(guarded), {"eps": eps, "norm": norm, "steps": steps, "n_queries": n_queries,
+                                              "eot": eot, "draws": draws, "seed": seed, "batch": batch_size}))
 
     def apgd_pair(target: nn.Module, e: float = eps, k: int = steps) -> Mode:
         """APGD-CE, then APGD-DLR on what CE left robust (DLR needs ≥ 4 classes)."""
@@ -274,7 +282,11 @@ def audit(model: nn.Module, defense: Any, x: torch.Tensor, y: torch.Tensor, eps:
     for b, sl in enumerate(_batches(len(x), batch_size)):
         if b % size == rank:
             t1 = time.time()
-            blocks.append((b, _block(guarded, modes, x[sl], y[sl], sl.start, ex_rows, runs, seed, batch_size)))
+            blk = cache.get(f"block-{sl.start}")
+            if blk is None:
+                blk = _block(guarded, modes, x[sl], y[sl], sl.start, ex_rows, runs, seed, batch_size)
+                cache.put(f"block-{sl.start}", blk)
+            blocks.append((b, blk))
             say(f"samples {sl.start}–{sl.stop} done ({time.time() - t1:.1f} s)")
     if size > 1:
         blocks = sorted((p for ps in distributed.gather(blocks) for p in ps), key=lambda p: p[0])
@@ -348,7 +360,14 @@ def audit(model: nn.Module, defense: Any, x: torch.Tensor, y: torch.Tensor, eps:
         return fl, nt, unb, curve
 
     # on rank 0 (under torchrun), the others take its answer
-    more_flags, more_notes, unb, curve = distributed.broadcast(sanity() if distributed.is_main() else None)
+    def sanity_cached() -> tuple[list[str], list[str], float, list[float]]:
+        got = cache.get_json("sanity")
+        if got is None:
+            got = list(sanity())
+            cache.put_json("sanity", got)
+        return tuple(got)  # type: ignore[return-value]
+
+    more_flags, more_notes, unb, curve = distributed.broadcast(sanity_cached() if distributed.is_main() else None)
     flags += more_flags
     notes += more_notes
 
