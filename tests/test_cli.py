@@ -99,21 +99,24 @@ def test_demo_writes_report(tiny_zoo, tmp_path, fake_fmnist, capsys):
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out), "--n", "8", "--models", "tiny-lenet,tiny-vgg,tiny-resnet",
                  "--batch-size", "8", "--attacks", "fgsm,pgd", "--data-root", str(fake_fmnist)]) == 0
-    printed = capsys.readouterr().out
+    captured = capsys.readouterr()
+    printed = captured.out
     # the terminal gets a short summary (one small table) and where the report is, not every table
     assert "## Robust accuracy" not in printed and "report.html" in printed and "clean → worst case" in printed
     assert len(printed.splitlines()) < 40
     report = json.loads((out / "report.json").read_text())
-    from advshield.registry import DEFENSES
+    from advshield.cli.eval import default_defenses
 
+    defenses = default_defenses()  # the slow ones (diffpure) only run when named
+    assert "diffpure" not in defenses and "defense diffpure left out: slow" in captured.err
     rows = report["rows"]
     transfer = [r for r in rows if not r["source"].startswith("adaptive-")]
     adaptive = [r for r in rows if r["source"].startswith("adaptive-")]
-    assert report["meta"]["n"] == 8 and len(transfer) == 2 * 3 * len(DEFENSES) * 3
+    assert report["meta"]["n"] == 8 and len(transfer) == 2 * 3 * len(defenses) * 3
     skipped = report["meta"]["non_differentiable_defenses"]  # full-gradient cells skipped for them, with a note
     assert {"jpeg", "bit-depth"} <= set(skipped)
     assert {r["attack"] for r in adaptive} == {"pgd"}  # the demo's default --adaptive-attacks
-    assert len(adaptive) == 3 * ((len(DEFENSES) - 1) * 2 - len(skipped))
+    assert len(adaptive) == 3 * ((len(defenses) - 1) * 2 - len(skipped))
     worst = {(w["defense"], w["target"]): w for w in report["worst_case"]}
     jpeg = worst[("jpeg", "tiny-vgg")]
     assert jpeg["threat_model"] == "adaptive (bpda)" and jpeg["worst_case_accuracy"] == jpeg[

@@ -53,7 +53,8 @@ def add_grid_flags(p: argparse.ArgumentParser, n_default: int | None, eot: int =
     p.add_argument("--defenses", type=csv_list, default=None,
                    help="comma-separated defense specs: registered names with settings and stacks (jpeg:quality=50, "
                    "median+jpeg) or trained purifiers (zoo:NAME, FILE.safetensors); default: every registered "
-                   f"defense that fits the data ({', '.join(DEFENSES.names())})")
+                   f"defense that fits the data ({', '.join(default_defenses())}); slow ones run only when named "
+                   f"({', '.join(n for n in DEFENSES.names() if n not in default_defenses())})")
     p.add_argument("--eps", type=budget_pixels, default=pixels("25.5"),
                    help="L∞ budget in 0-255 pixel units (default 25.5 = 0.1)")
     p.add_argument("--eps-l2", type=norm_budget_pixels, default=pixels("382.5"),
@@ -165,18 +166,25 @@ def cli_reason(reason: str) -> str:
     return reason.replace("add adapt_channels=true", "pass --adapt-channels")
 
 
+def default_defenses() -> list[str]:
+    """The registered defenses a grid runs when none are named: all but those with a ``not_default`` reason."""
+    return [n for n in DEFENSES.names() if not getattr(DEFENSES.get(n), "not_default", "")]
+
+
 def pick_defenses(given: list[str] | None, channels: int, adapt: bool, seed: int) -> tuple[dict, dict[str, str]]:
     """(spec → built defense, left-out default spec → reason). Explicit specs that do not fit the data are an
     error; defaults that do not fit are left out (unless ``adapt``)."""
     from ..defenses.base import build_defense
     from ..defenses.spec import compatible_defenses
 
-    specs = given or DEFENSES.names()
-    left: dict[str, str] = {}
+    specs = given or default_defenses()
+    left: dict[str, str] = {} if given else {n: DEFENSES.get(n).not_default for n in DEFENSES.names()
+                                             if getattr(DEFENSES.get(n), "not_default", "")}
     if not adapt:
-        kept, left = compatible_defenses(specs, channels)
-        if given and left:
-            spec, reason = next(iter(left.items()))
+        kept, unfit = compatible_defenses(specs, channels)
+        left.update(unfit)
+        if given and unfit:
+            spec, reason = next(iter(unfit.items()))
             raise AdvshieldError(f"--defenses {spec}: {cli_reason(reason)}")
         specs = kept
     built = {}

@@ -74,6 +74,7 @@ class Defense(nn.Module):
     name = "defense"
     differentiable = True  # does autograd through forward() give useful gradients?
     randomized = False  # does forward() draw random numbers (attack with EOT)?
+    not_default = ""  # non-empty: why the CLI's default defense set (eval, demo) leaves it out; named, it runs
 
     def __call__(self, x: Any, *args: Any, **kwargs: Any) -> Any:
         if _CHECKED.get():

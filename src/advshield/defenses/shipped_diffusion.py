@@ -28,6 +28,7 @@ class DiffPureDefense(Defense):
     spec = "zoo:ddpm-fmnist"
     randomized = True
     differentiable = True
+    not_default = "slow on a CPU (a U-Net pass per reverse step, per EOT sample); name it in --defenses to include it"
 
     def __init__(self, spec: str | None = None, t_star: int | None = None, steps: int | None = None,
                  sampler: str = "ddim", seed: int | None = None, adapt_channels: bool = False) -> None:

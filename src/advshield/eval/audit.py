@@ -285,6 +285,7 @@ def audit(model: nn.Module, defense: Any, x: torch.Tensor, y: torch.Tensor, eps:
             blk = cache.get(f"block-{sl.start}")
             if blk is None:
                 blk = _block(guarded, modes, x[sl], y[sl], sl.start, ex_rows, runs, seed, batch_size)
+                blk["seconds"] = torch.tensor(time.time() - t1, dtype=torch.float64)
                 cache.put(f"block-{sl.start}", blk)
             blocks.append((b, blk))
             say(f"samples {sl.start}–{sl.stop} done ({time.time() - t1:.1f} s)")
@@ -360,14 +361,16 @@ def audit(model: nn.Module, defense: Any, x: torch.Tensor, y: torch.Tensor, eps:
         return fl, nt, unb, curve
 
     # on rank 0 (under torchrun), the others take its answer
-    def sanity_cached() -> tuple[list[str], list[str], float, list[float]]:
+    def sanity_cached() -> tuple[list[str], list[str], float, list[float], float]:
         got = cache.get_json("sanity")
         if got is None:
-            got = list(sanity())
+            t1 = time.time()
+            got = [*sanity(), time.time() - t1]
             cache.put_json("sanity", got)
         return tuple(got)  # type: ignore[return-value]
 
-    more_flags, more_notes, unb, curve = distributed.broadcast(sanity_cached() if distributed.is_main() else None)
+    more_flags, more_notes, unb, curve, sanity_s = distributed.broadcast(sanity_cached() if distributed.is_main()
+                                                                         else None)
     flags += more_flags
     notes += more_notes
 
@@ -378,6 +381,7 @@ def audit(model: nn.Module, defense: Any, x: torch.Tensor, y: torch.Tensor, eps:
             "n_queries": n_queries, "eot": eot_iter, "draws": runs, "randomized": randomized,
             "differentiable": diff, "zero_gradient_share": zero_share, "seed": seed,
             "unbounded_accuracy": unb, "eps_curve": curve, "seconds": round(time.time() - t0, 1),
+            "compute_s": round(sum(float(blk["seconds"]) for _, blk in blocks) + sanity_s, 1),
             "defense": _describe(defense), "model": str(getattr(model, "spec", type(model).__name__)),
             "threat_models": list(per_attack)}
     return AuditResult(per_attack["clean"], k / n, float(robust_major.float().mean()), wilson(k, n), per_attack,
