@@ -133,6 +133,9 @@ def _item_class(item: DefenseItem) -> type[nn.Module]:
         card = purifier_card(item.name)
         if card.get("kind") == "diffusion":  # a DDPM checkpoint names DiffPure with that denoiser
             return DiffPureDefense
+        if card.get("kind") not in (None, "purifier"):
+            raise AdvshieldError(f"{item.name} is a {card.get('kind')} checkpoint, not a purifier or a diffusion "
+                                 "denoiser")
         return ZooAutoencoder if str(card.get("architecture")) in _AUTOENCODER_ARCHS else ZooPurifier
     if item.name not in DEFENSES:
         known = ", ".join(DEFENSES.names())
