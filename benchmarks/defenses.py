@@ -34,6 +34,7 @@ import advshield
 from advshield.attacks import hold_one_out
 from advshield.data import load_dataset
 from advshield.defenses import Identity, build_defense
+from advshield.eval.blockcache import fingerprint
 from advshield.eval.engine import Engine
 from advshield.eval.grid import attack_factory
 from advshield.models import load_models
@@ -66,18 +67,20 @@ def wanted(name: str, only: str | None) -> bool:
 # -- transfer --------------------------------------------------------------------------------------------------------
 def run_transfer(args: argparse.Namespace, settings: dict) -> dict:
     """Every (attack, source, defense, target) row of the transfer grid (cached as JSON)."""
+    targets = [*SOURCES, UNSEEN, *AT]
+    models = load_models([f"zoo:{m}" for m in targets])
+    defenses = {"none": Identity(), **{d: build_defense(d, args.seed) for d in PURIFIERS}}
+    settings = {**settings, "weights": fingerprint(list(models.values()), list(defenses.values()),
+                                                   [repr(d) for d in defenses.values()])}
     key = json.dumps(settings, sort_keys=True)
     path = CACHE / "transfer.json"
     if path.is_file() and json.loads(path.read_text()).get("settings") == json.loads(key):
         return json.loads(path.read_text())
     if args.render_only:
-        return {}
-    targets = [*SOURCES, UNSEEN, *AT]
-    models = load_models([f"zoo:{m}" for m in targets])
+        return json.loads(path.read_text()) if path.is_file() else {}  # as cached, even if the zoo moved since
     sources = {m: models[m] for m in SOURCES}
     data = load_dataset("fashion-mnist", "test").subset(args.n)
     eps = args.eps / 255
-    defenses = {"none": Identity(), **{d: build_defense(d, args.seed) for d in PURIFIERS}}
     common = dict(targets=models, defenses=defenses, seed=args.seed, cache_dir=ROOT.parent / ".cache" / "defenses")
     t0 = time.time()
     single = run_engine(Engine(sources=sources, attacks={a: attack_factory(a, eps, eps) for a in ATTACKS}, **common),
@@ -146,13 +149,16 @@ def run_audits(args: argparse.Namespace) -> dict[tuple[str, str], dict]:
     out = {}
     for d, m in audit_cells():
         name = f"{d}@{m}"
+        model = advshield.load_model(f"zoo:{m}")
+        defense = None if d == "none" else build_defense(d, args.seed)
         settings = {"defense": d, "model": m, "n": args.audit_n, "eps_255": args.eps, "version": args.version,
-                    "eot": args.eot, "draws": args.draws, "seed": args.seed}
+                    "eot": args.eot, "draws": args.draws, "seed": args.seed,
+                    "weights": fingerprint(model, defense, repr(defense))}  # a retrained model is a new cell
         run = None
         if not args.render_only and wanted(name, args.only):
-            def run(d=d, m=m):
+            def run(d=d, m=m, model=model):
                 print(f"audit {d} + {m} ...", file=sys.stderr, flush=True)
-                return advshield.audit(advshield.load_model(f"zoo:{m}"), None if d == "none" else d, x, y, eps,
+                return advshield.audit(model, None if d == "none" else d, x, y, eps,
                                        version=args.version, eot=args.eot, draws=args.draws, seed=args.seed,
                                        batch_size=args.audit_batch, resume_dir=BLOCKS,
                                        log=lambda s: print(f"  {s}", file=sys.stderr, flush=True))

@@ -72,3 +72,12 @@ def test_fingerprint_and_cache_basics(tmp_path):
     got = on.get("b")
     assert got["t"].dtype == torch.bool and got["e"].shape == (0, 1, 2, 2)
     assert not list(tmp_path.glob("k/*.tmp"))
+
+
+def test_fingerprint_takes_batch_norm_buffers_and_scalars():
+    """Batch norm keeps a 0-dim long ``num_batches_tracked``: the fingerprint must read it, and see it change."""
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.BatchNorm2d(2))
+    before = fingerprint(net, torch.tensor(3), torch.tensor(0.5))
+    net.train()(torch.rand(4, 1, 5, 5))  # one step updates the running stats and the counter
+    assert fingerprint(net, torch.tensor(3), torch.tensor(0.5)) != before
+    assert fingerprint(torch.tensor(3)) != fingerprint(torch.tensor(4))

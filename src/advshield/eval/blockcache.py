@@ -26,7 +26,7 @@ def fingerprint(*parts: Any) -> str:
         elif isinstance(obj, torch.Tensor):
             t = obj.detach().cpu().contiguous()
             h.update(f"{tuple(t.shape)}{t.dtype}".encode())
-            h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
         elif isinstance(obj, (list, tuple)):
             for o in obj:
                 feed(o)
