@@ -244,10 +244,10 @@ def card_schedule(card: dict[str, Any]) -> Schedule:
 
 
 def load_diffpure(spec: str = "zoo:ddpm-fmnist", t_star: int | None = None, steps: int | None = None,
-                  sampler: str = "ddim", seed: int | None = None) -> DiffPure:
+                  sampler: str | None = None, seed: int | None = None) -> DiffPure:
     """:class:`DiffPure` with a trained denoiser: ``spec`` is ``zoo:NAME`` or a ``.safetensors`` file with its card
-    (kind "diffusion"). ``t_star`` / ``steps`` default to the card's ``diffpure`` settings (100 and 10 when it
-    states none)."""
+    (kind "diffusion"). ``t_star`` / ``steps`` / ``sampler`` default to the card's ``diffpure`` settings (100, 10 and
+    ddim when it states none)."""
     from ..errors import ModelError
     from ..models.checkpoint import load_checkpoint
     from .purifier import purifier_path
@@ -258,6 +258,7 @@ def load_diffpure(spec: str = "zoo:ddpm-fmnist", t_star: int | None = None, step
     chosen = card.get("diffpure", {})
     t_star = int(chosen.get("t_star", 100) if t_star is None else t_star)
     steps = int(min(chosen.get("steps", 10), t_star) if steps is None else steps)
+    sampler = str(chosen.get("sampler", "ddim") if sampler is None else sampler)
     pure = DiffPure(net, card_schedule(card), t_star=t_star, steps=steps, sampler=sampler, seed=seed)
     pure.card = card  # type: ignore[assignment]
     return pure

@@ -20,9 +20,9 @@ class DiffPureDefense(Defense):
     ``spec``: the denoiser (``zoo:NAME`` or ``PATH.safetensors`` with its card; default ``zoo:ddpm-fmnist``);
     ``t_star``: diffusion timestep the input is noised to (of the card's T; default the card's tuned value);
     ``steps``: reverse steps from t* to 0 (default the card's); ``sampler``: ``ddim`` (deterministic after the
-    first noise) or ``ddpm`` (ancestral); ``seed``: private noise generator (a reproducible sequence), else
-    torch's global RNG; ``adapt_channels``: a 1-channel denoiser purifies each channel of RGB images on its own
-    (else such images are refused)."""
+    first noise) or ``ddpm`` (ancestral; default the card's, else ddim); ``seed``: private noise generator (a
+    reproducible sequence), else torch's global RNG; ``adapt_channels``: a 1-channel denoiser purifies each
+    channel of RGB images on its own (else such images are refused)."""
 
     name = "diffpure"
     spec = "zoo:ddpm-fmnist"
@@ -31,9 +31,9 @@ class DiffPureDefense(Defense):
     not_default = "slow on a CPU (a U-Net pass per reverse step, per EOT sample); name it in --defenses to include it"
 
     def __init__(self, spec: str | None = None, t_star: int | None = None, steps: int | None = None,
-                 sampler: str = "ddim", seed: int | None = None, adapt_channels: bool = False) -> None:
+                 sampler: str | None = None, seed: int | None = None, adapt_channels: bool = False) -> None:
         super().__init__()
-        if sampler not in SAMPLERS:
+        if sampler is not None and sampler not in SAMPLERS:
             from ..errors import AdvshieldError
 
             raise AdvshieldError(f"sampler must be one of {', '.join(SAMPLERS)}, not {sampler!r}")
@@ -42,7 +42,7 @@ class DiffPureDefense(Defense):
         self.spec = str(spec or type(self).spec)
         self.inner: DiffPure = load_diffpure(self.spec, t_star=t_star, steps=steps, sampler=sampler, seed=self.seed)
         self.card = self.inner.card
-        self.t_star, self.steps, self.sampler = self.inner.t_star, self.inner.steps, sampler
+        self.t_star, self.steps, self.sampler = self.inner.t_star, self.inner.steps, self.inner.sampler
         self.channels = card_channels(self.card)
         self.body = fit_channels(self.inner, self.channels, self.spec, self.adapt_channels)
 
