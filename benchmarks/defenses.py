@@ -65,8 +65,9 @@ def wanted(name: str, only: str | None) -> bool:
 
 
 # -- transfer --------------------------------------------------------------------------------------------------------
-def run_transfer(args: argparse.Namespace, settings: dict) -> dict:
-    """Every (attack, source, defense, target) row of the transfer grid (cached as JSON)."""
+def run_transfer(args: argparse.Namespace, settings: dict, compute: bool = True) -> dict:
+    """Every (attack, source, defense, target) row of the transfer grid (cached as JSON). ``compute`` False (or
+    ``--render-only``): the cached grid as it is, {} when there is none."""
     targets = [*SOURCES, UNSEEN, *AT]
     models = load_models([f"zoo:{m}" for m in targets])
     defenses = {"none": Identity(), **{d: build_defense(d, args.seed) for d in PURIFIERS}}
@@ -76,7 +77,7 @@ def run_transfer(args: argparse.Namespace, settings: dict) -> dict:
     path = CACHE / "transfer.json"
     if path.is_file() and json.loads(path.read_text()).get("settings") == json.loads(key):
         return json.loads(path.read_text())
-    if args.render_only:
+    if args.render_only or not compute:
         return json.loads(path.read_text()) if path.is_file() else {}  # as cached, even if the zoo moved since
     sources = {m: models[m] for m in SOURCES}
     data = load_dataset("fashion-mnist", "test").subset(args.n)
@@ -201,6 +202,20 @@ def defense_times(args: argparse.Namespace) -> dict[str, float]:
     return out
 
 
+def canonical_args(argv: list[str]) -> list[str]:
+    """``argv`` without ``--parts`` / ``--only`` / ``--render-only``: the command that runs (or, cached, re-renders)
+    every part, however the cells were split across runs."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a in ("--parts", "--only"):
+            skip = True
+        elif not (a.startswith(("--parts=", "--only=")) or a == "--render-only"):
+            out.append(a)
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--parts", default="transfer,audit,time")
@@ -221,7 +236,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     parts = set(args.parts.split(","))
-    command = "python benchmarks/defenses.py " + shlex.join(sys.argv[1:])
+    command = "python benchmarks/defenses.py " + shlex.join(canonical_args(sys.argv[1:]))
     body = [f"## Defense comparison: purifiers and adversarial training (Fashion-MNIST, L∞ {args.eps:g}/255)", "",
             f"Command: `.venv/bin/{command}`", f"Machine: {machine()}", ""]
     times_path = CACHE / "times.json"
@@ -229,7 +244,7 @@ def main() -> None:
         CACHE.mkdir(parents=True, exist_ok=True)
         times_path.write_text(json.dumps(defense_times(args), indent=1))
     times = json.loads(times_path.read_text()) if times_path.is_file() else {}
-    doc = run_transfer(args, {"n": args.n, "eps_255": args.eps, "seed": args.seed}) if "transfer" in parts else {}
+    doc = run_transfer(args, {"n": args.n, "eps_255": args.eps, "seed": args.seed}, "transfer" in parts)
     if doc:
         tables, summary = transfer_tables(doc)
         body += [f"### Transfer attacks (first {doc['settings']['n']} test images; {doc['seconds']:.0f} s)", "",
