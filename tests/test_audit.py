@@ -125,3 +125,13 @@ def test_cli_audit_writes_its_reports(tmp_path, capsys):
                  "--out", str(tmp_path / "b")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("advshield: error: --defense jpeg:quality=0") and not (tmp_path / "b").exists()
+
+
+def test_cli_audit_of_a_batch_norm_model_resumes_and_cleans_up(tmp_path):
+    """fmnist-vgg has batch norm (a 0-dim ``num_batches_tracked`` buffer): the block fingerprint must take it."""
+    out = tmp_path / "vgg"
+    assert main(["audit", "--model", "zoo:fmnist-vgg", "--defense", "median", "--n", "6", "--version", "quick",
+                 "--steps", "2", "--n-queries", "5", "--batch-size", "3", "--out", str(out)]) == 0
+    doc = json.loads((out / "audit.json").read_text())
+    assert doc["n"] == 6 and 0.0 <= doc["robust_accuracy"] <= doc["clean_accuracy"]
+    assert not (out / ".advshield-audit-blocks").exists()
