@@ -31,7 +31,9 @@ def test_defend_with_diffpure_uses_the_shipped_denoiser_and_its_card_settings():
     card = d.card
     assert card["name"] == "ddpm-fmnist" and card["kind"] == "diffusion"
     chosen = card.get("diffpure", {})
-    assert (d.t_star, d.steps) == (chosen.get("t_star", 100), chosen.get("steps", 10))
+    assert (d.t_star, d.steps, d.sampler) == (chosen.get("t_star", 100), chosen.get("steps", 10),
+                                              chosen.get("sampler", "ddim"))
+    assert d.inner.sampler == d.sampler and build_defense("diffpure:sampler=ddim", seed=0).inner.sampler == "ddim"
     model = tiny_model()
     x = torch.rand(3, 1, 28, 28)
     a, b = defend(model, "diffpure", seed=0), defend(model, "diffpure", seed=0)
