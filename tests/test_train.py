@@ -110,3 +110,15 @@ def test_adversarial_training_crafts_inside_the_ball_and_trains(tmp_path, fake_f
     m = card["metrics"]
     assert 0 <= m["pgd10_accuracy"] <= 1 and m["pgd10_images"] == 200 and m["pgd10_eps"] == 0.1
     assert card["training"]["adversarial"]["method"] == "trades"
+
+
+def test_cli_trades_beta_reaches_the_card(tmp_path, fake_fmnist, capsys):
+    """--adv-beta sets TRADES' β (stated in the card); without --adversarial trades it is one line, exit 2."""
+    base = ["train", "classifier", "--name", "t", "--arch", "lenet", "--arch-args",
+            '{"channels": [4, 8], "hidden": [16, 16]}', "--epochs", "1", "--data-root", str(fake_fmnist),
+            "--out-dir", str(tmp_path), "--device", "cpu", "--adv-steps", "1", "--adv-beta", "2"]
+    assert main(base) == 2
+    assert capsys.readouterr().err.startswith("advshield: error: --adv-beta") and not (tmp_path / "t.json").exists()
+    assert main(base + ["--adversarial", "trades"]) == 0
+    spec = json.loads((tmp_path / "t.json").read_text())["training"]["adversarial"]
+    assert spec["method"] == "trades" and spec["beta"] == 2.0 and spec["steps"] == 1

@@ -50,6 +50,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="L∞ budget of adversarial training, 0-255 (default 25.5, or the recipe's)")
     c.add_argument("--adv-steps", type=positive_int, default=None,
                    help="attack steps per batch for pgd/trades (default 7 of eps/4, or the recipe's)")
+    c.add_argument("--adv-beta", type=positive_float, default=None,
+                   help="TRADES weight β of KL(f(x) ‖ f(x')) against the clean loss: lower keeps more clean "
+                        "accuracy, higher more robustness (default 6, or the recipe's)")
     add_scale_flags(c, workers=False)
     add_runtime_flags(c)
     c.set_defaults(run=run_classifier)
@@ -80,7 +83,9 @@ def run_classifier(args: argparse.Namespace) -> int:
     for key in ("epochs", "batch_size", "lr"):
         if getattr(args, key) is not None:
             base[key] = getattr(args, key)
-    if args.adversarial or args.adv_eps is not None or args.adv_steps is not None:
+    if args.adv_beta is not None and (args.adversarial or (base.get("adversarial") or {}).get("method")) != "trades":
+        raise AdvshieldError("--adv-beta is TRADES' weight: give it with --adversarial trades")
+    if args.adversarial or args.adv_eps is not None or args.adv_steps is not None or args.adv_beta is not None:
         spec = dict(base.get("adversarial") or {"method": "pgd", "eps": 0.1})
         if args.adversarial:
             spec["method"] = args.adversarial
@@ -89,6 +94,8 @@ def run_classifier(args: argparse.Namespace) -> int:
         if args.adv_steps is not None:
             spec["steps"] = args.adv_steps
             spec.pop("alpha", None)  # the default step follows the step count's eps/4
+        if args.adv_beta is not None:
+            spec["beta"] = args.adv_beta
         base["adversarial"] = spec
     base.update(arch=arch)
     cfg = ClassifierConfig(name=name, dataset=args.dataset, data_root=args.data_root, seed=args.seed,
