@@ -384,7 +384,8 @@ def audit(model: nn.Module, defense: Any, x: torch.Tensor, y: torch.Tensor, eps:
     meta = {"eps": eps, "eps_255": round(eps * 255, 4), "norm": norm, "version": version, "steps": steps,
             "n_queries": n_queries, "eot": eot_iter, "draws": runs, "randomized": randomized,
             "differentiable": diff, "zero_gradient_share": zero_share, "seed": seed,
-            "unbounded_accuracy": unb, "eps_curve": curve, "eps_curve_eot": curve_eot, "seconds": round(time.time() - t0, 1),
+            "unbounded_accuracy": unb, "eps_curve": curve, "eps_curve_eot": curve_eot,
+            "seconds": round(time.time() - t0, 1),
             "compute_s": round(sum(float(blk["seconds"]) for _, blk in blocks) + sanity_s, 1),
             "defense": _describe(defense), "model": str(getattr(model, "spec", type(model).__name__)),
             "threat_models": list(per_attack)}
