@@ -42,7 +42,7 @@ demo: install data
 	$(VENV)/bin/advshield demo --out $(DEMO_OUT)
 
 test: install data browser
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=15 tests
 
 # dist/advshield-*.whl, zoo included (package data); a clean build/ so no stale module leaks in
 wheel: install
