@@ -192,7 +192,8 @@ def audit_goal_lines(cells: dict[tuple[str, str], dict]) -> list[str]:
     from advshield.models.zoo import zoo_cards
 
     clean = {c["name"]: c["metrics"]["clean_accuracy"] for c in zoo_cards() if c["kind"] == "classifier"}
-    lines = []
+    lines: list[str] = []
+    above: list[bool] = []
     for at in AT:
         if ("none", at) not in cells:
             continue
@@ -209,6 +210,12 @@ def audit_goal_lines(cells: dict[tuple[str, str], dict]) -> list[str]:
         if ("diffpure", at) in cells:
             r2 = cells[("diffpure", at)]["robust_accuracy"]
             lines.append(f"  - DiffPure + {at}: {pct(r2)} % robust, {'above' if r2 > r else 'not above'} {at} alone")
+            above.append(r2 > r)
+        if best:
+            above.append(best[1] > r)
+    if above:
+        lines.append(f"- stretch goal (a purifier, or purifier + AT, audited above the AT baseline on the same "
+                     f"classifier): {'met' if any(above) else 'not met'}")
     return lines
 
 
