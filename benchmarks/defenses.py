@@ -301,8 +301,8 @@ def main() -> None:
                  f"CE then DLR per mode; Square {1000 if args.version == 'auto' else 200} queries), EOT {args.eot} "
                  f"and worst of {args.draws} draws for randomized defenses (detected). *robust* counts a sample only "
                  "if it survives every threat model in every draw; *transfer* (APGD-CE on the undefended model) is "
-                 "defense-unaware and shown as contrast only. *time*: compute seconds summed over blocks and the sanity "
-                 "checks (2 cores, at times shared with other runs: a cost indication, not a benchmark).", "",
+                 "defense-unaware and shown as contrast only. *time*: compute seconds summed over blocks and the "
+                 "sanity checks (2 cores, at times shared with other runs: a cost indication, not a benchmark).", "",
                  audit_table(cells), "", *audit_goal_lines(cells), ""]
     if missing:
         body += [f"Not measured yet: {', '.join(missing)}.", ""]
