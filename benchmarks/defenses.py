@@ -207,6 +207,10 @@ def audit_goal_lines(cells: dict[tuple[str, str], dict]) -> list[str]:
         if best:
             lines.append(f"  - best purifier before {plain}: {best[0]} at {pct(best[1])} % robust, "
                          f"{'above' if best[1] > r else 'below'} {at} alone")
+        if ("diffpure", plain) in cells:
+            r1 = cells[("diffpure", plain)]["robust_accuracy"]
+            lines.append(f"  - DiffPure before {plain}: {pct(r1)} % audited robust, "
+                         f"{'above' if r1 > r else 'below'} adversarial training ({at}: {pct(r)} %)")
         if ("diffpure", at) in cells:
             r2 = cells[("diffpure", at)]["robust_accuracy"]
             lines.append(f"  - DiffPure + {at}: {pct(r2)} % robust, {'above' if r2 > r else 'not above'} {at} alone")
