@@ -112,7 +112,7 @@ def main() -> None:
             "runs (the TRADES run also sat paused for about 10 minutes): not a speed measurement. Neither lever "
             "reaches both numbers: TRADES β = 2 buys 5 points of clean accuracy with 3 points of audited robustness, "
             "on the frontier PGD-AT is on; both runs were still improving at their last epoch, so longer training "
-            "(TRADES β 3–4, 12+ epochs) is the next lever, beyond the hour's budget on 2 cores.", "",
+            "(TRADES β 3–4, 12+ epochs, timed alone against the hour's budget) is the next lever, not tried yet.", "",
             markdown_table(["lever", "training flags", "clean", "PGD-10", "audited robust (95 % CI)", "goal",
                             "training"], rows) if rows else "Nothing measured yet.", ""]
     update_section("at-levers", "\n".join(body), RESULTS)
