@@ -32,6 +32,7 @@ from advshield.data import load_dataset
 from advshield.data.tensors import to_float
 from advshield.defenses.shipped_ae import AEDefense
 
+BLOCKS = Path(__file__).resolve().parent.parent / ".cache" / "whitebox-audit"  # finished audit blocks (resume)
 NRP_TARGETS = ("fmnist-vgg", "fmnist-resnet", "fmnist-lenet")
 NRP_DEFENSES = ("nrp", "nrp-resg", "nrp-dynamic")
 AE_DEFENSES = ("ae", "ae-vanilla", "vae")
@@ -68,7 +69,7 @@ class Cells:
             print(f"audit {defense} × {model} (n {n}, {version})", flush=True)
             return advshield.audit(advshield.load_model(f"zoo:{model}"), defense_object(defense, a.seed),
                                    self.x[:n], self.y[:n], a.eps / 255, version=version, eot=a.eot, draws=a.draws,
-                                   seed=a.seed, batch_size=250)
+                                   seed=a.seed, batch_size=250, resume_dir=BLOCKS)  # a stop keeps its blocks
 
         return audit_cached(a.cache, f"{model}-{defense}-n{n}-{version}", settings,
                             run if compute and not a.render_only else None)
