@@ -246,6 +246,35 @@ def test_eot_averages_over_draws():
     assert "eot" not in repr(atk) and atk.eot_iter == 1
 
 
+class Coin(nn.Module):
+    """Two classes; after the class-count probe and the clean pass (both correct), the wrong class wins on about
+    half of the draws whatever the input (logit noise σ=5)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        z = x.flatten(1).mean(1, keepdim=True)
+        noise = 5 * torch.randn_like(z) if self.calls > 2 else -1.0
+        return torch.cat([torch.zeros_like(z) + 0.1, z + noise], 1)
+
+
+def test_eot_keeps_ascending_until_every_draw_is_fooled():
+    x, y = torch.full((1, 1, 2, 2), 0.5), torch.zeros(1, dtype=torch.long)
+    torch.manual_seed(0)
+    model = Coin()
+    adv = APGD(model, eps=0.1, steps=6, eot_iter=8, seed=3)(x, y)
+    # some draws of the start fool the model, yet the sample stays: 8 draws at the start and at each of 6 steps
+    assert model.calls == 2 + 8 * (1 + 6)
+    assert not torch.equal(adv, x) and (adv - x).abs().max() <= 0.1 + 1e-6
+    torch.manual_seed(0)
+    model = Coin()
+    APGD(model, eps=0.1, steps=6, eot_iter=1, seed=3)(x, y)
+    assert model.calls < 2 + 1 * (1 + 6)  # without EOT the first fooling point ends the run
+
+
 def test_settings_names_and_for_budget():
     model = Constant()
     assert ATTACKS.get("apgd") is APGD and ATTACKS.get("apgdt") is APGDT

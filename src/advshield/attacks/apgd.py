@@ -9,6 +9,13 @@ Like the authors' implementation, the first window compares the first step's los
 
 Returned per sample: the first point found that fools the model (the clean image if it is already fooled), else the
 highest-loss point found over all runs. Images N×C×H×W in [0,1]; eps in [0,1] units (L2: over all C·H·W values).
+
+With EOT (``eot_iter`` > 1, for randomized models) a point that fools some of the draws of one step is kept, but the
+sample keeps ascending: the point returned is the latest one that fooled the largest share of a step's draws, and a
+sample leaves the batch only once a point fools every draw of its step. (The authors' implementation keeps ascending
+to the last step and returns the last point that fooled the step's last draw; stopping at the first point that fools
+one draw, as without EOT, returns points that fool far fewer draws: about 86 % instead of 93 % of 20 draws on a noisy
+Fashion-MNIST LeNet.)
 """
 from __future__ import annotations
 
@@ -193,31 +200,36 @@ class APGD(Attack):
 
     def _evaluate(self, x_adv: torch.Tensor, y: torch.Tensor, extra: torch.Tensor | None,
                   objective: Objective) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(per-sample loss N averaged over the EOT draws, logits of the last draw, gradient averaged)."""
+        """(per-sample loss N averaged over the EOT draws, share of the draws the point fools N in [0,1], gradient
+        averaged)."""
         with torch.enable_grad():
             x_in = x_adv.detach().requires_grad_(True)
             grad = torch.zeros_like(x_adv)
             loss = torch.zeros(len(x_adv), device=x_adv.device)
+            fools = torch.zeros(len(x_adv), device=x_adv.device)
             for _ in range(self.eot):
                 logits = self.model(x_in)
                 per_sample = objective(logits, y, extra)
                 (g,) = torch.autograd.grad(per_sample.sum(), x_in)
                 grad += g
                 loss += per_sample.detach()
-        return loss / self.eot, logits.detach(), grad / self.eot
+                fools += self._success(logits.detach(), y).float()
+        return loss / self.eot, fools / self.eot, grad / self.eot
 
     def _run(self, x: torch.Tensor, y: torch.Tensor, extra: torch.Tensor | None,
              objective: Objective) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """One APGD run from a random start. Returns (fooled N bools, first fooling points, best-loss points,
-        best losses N). Fooled samples leave the batch, so later iterations only cost what is left."""
+        """One APGD run from a random start. Returns (fooled N bools, fooling points, best-loss points, best losses
+        N). A fooling point is the latest with the largest share of fooled draws (without EOT: the first); samples
+        whose point fools every draw leave the batch, so later iterations only cost what is left."""
         n, shape = len(x), (-1,) + (1,) * (x.dim() - 1)
         fooled_out = torch.zeros(n, dtype=torch.bool, device=x.device)
         x_out, best_x_out = x.clone(), x.clone()
         best_loss_out = torch.full((n,), float("-inf"), device=x.device)
+        share_out = torch.zeros(n, device=x.device)  # largest share of a step's draws fooled so far
 
         rows = torch.arange(n, device=x.device)  # positions of the live samples in this run's batch
         x_adv = self._start(x)
-        loss, logits, grad = self._evaluate(x_adv, y, extra, objective)
+        loss, share, grad = self._evaluate(x_adv, y, extra, objective)
         live = {"x": x, "y": y, "x_adv": x_adv, "grad": grad, "x_prev": x_adv.clone(), "x_best": x_adv.clone(),
                 "grad_best": grad.clone(), "loss_best": loss.clone(), "loss_prev": torch.zeros_like(loss),
                 "eta": torch.full((n,), 2 * self.eps, device=x.device), "ups": torch.zeros(n, device=x.device),
@@ -230,18 +242,23 @@ class APGD(Attack):
             live["extra"] = extra
         marks, last_mark = set(checkpoints(self.steps)), 0
 
-        def retire(fooled: torch.Tensor) -> torch.Tensor:
-            """Record the newly fooled samples and drop them from the live state; returns the live rows."""
-            if bool(fooled.any()):
-                fooled_out[rows[fooled]] = True
-                x_out[rows[fooled]] = live["x_adv"][fooled]
-                keep = ~fooled
+        def retire(share: torch.Tensor) -> torch.Tensor:
+            """Record the points that fool at least as large a share of the draws as any before, drop the samples
+            whose point fools every draw from the live state; returns the live rows."""
+            record = (share > 0) & (share >= share_out[rows])
+            if bool(record.any()):
+                fooled_out[rows[record]] = True
+                x_out[rows[record]] = live["x_adv"][record]
+                share_out[rows[record]] = share[record]
+            done = share >= 1
+            if bool(done.any()):
+                keep = ~done
                 for key, value in live.items():
                     live[key] = value[keep]
                 return rows[keep]
             return rows
 
-        rows = retire(self._success(logits, y))
+        rows = retire(share)
         for i in range(self.steps):
             if len(rows) == 0:
                 break
@@ -251,13 +268,13 @@ class APGD(Attack):
             x_new = self.threat.project(s["x_adv"] + a * (z - s["x_adv"]) + (1 - a) * (s["x_adv"] - s["x_prev"]),
                                         s["x"])
             s["x_prev"], s["x_adv"] = s["x_adv"], x_new
-            loss, logits, s["grad"] = self._evaluate(x_new, s["y"], s.get("extra"), objective)
+            loss, share, s["grad"] = self._evaluate(x_new, s["y"], s.get("extra"), objective)
             s["ups"] += (loss > s["loss_prev"]).float()
             s["loss_prev"] = loss
             better = loss > s["loss_best"]
             s["x_best"][better], s["grad_best"][better] = x_new[better], s["grad"][better]
             s["loss_best"] = torch.where(better, loss, s["loss_best"])
-            rows = retire(self._success(logits, s["y"]))
+            rows = retire(share)
             if i + 1 in marks:
                 window, last_mark = i + 1 - last_mark, i + 1
                 reduce = halve_step(s["ups"], window, self.rho, s["reduced"], s["loss_best"], s["best_at_check"])
