@@ -34,7 +34,7 @@ def audit_cached(cache: str | Path, name: str, settings: dict, run=None) -> dict
     """The JSON document of one audit cell: read from ``cache/name-KEY.json`` when an earlier run with the same
     ``settings`` stored it, else ``run()`` (→ AuditResult) now, timed, and stored — so a stopped benchmark resumes
     where it was and a re-run only re-renders. ``settings``: everything the result depends on (JSON-able);
-    ``run=None``: only look in the cache (None when the cell was never run)."""
+    ``run=None``: only look in the cache (None when the cell was never run). Under torchrun only rank 0 writes."""
     import hashlib
     import json
     import time
@@ -45,8 +45,13 @@ def audit_cached(cache: str | Path, name: str, settings: dict, run=None) -> dict
         return json.loads(path.read_text())
     if run is None:
         return None
+    from advshield import distributed
+
     t0 = time.time()
-    doc = {**run().to_json(), **settings, "seconds": round(time.time() - t0, 1)}
+    doc = {**run().to_json(), **settings, "seconds": round(time.time() - t0, 1), "machine": machine(),
+           "processes": distributed.world()[1]}
+    if not distributed.is_main():  # under torchrun every rank computes its blocks; rank 0 stores the cell
+        return doc
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(doc, indent=1))

@@ -14,6 +14,10 @@ benchmarks/results/whitebox), so a stopped run resumes where it was, even in a f
 rewritten after every cell.
 
 Run: .venv/bin/python benchmarks/whitebox.py [--n 500] [--version quick] [--eot 20] [--draws 10] [--threads 1]
+
+On 2+ cores, ``torchrun --standalone --nproc_per_node K benchmarks/whitebox.py --threads 1 ...`` audits each cell's
+blocks of 250 images on K processes (the audit's own sharding; per-sample results are the same as with one process);
+rank 0 stores the cells and writes the section.
 """
 from __future__ import annotations
 
@@ -28,6 +32,7 @@ from _results import RESULTS, audit_cached, fit_cached, machine, update_section
 from torch import nn
 
 import advshield
+from advshield import distributed
 from advshield.data import load_dataset
 from advshield.data.tensors import to_float
 from advshield.defenses.shipped_ae import AEDefense
@@ -83,6 +88,12 @@ def mode(cell: dict, prefix: str) -> float | None:
     return next((v for k, v in cell["per_attack"].items() if k.startswith(prefix)), None)
 
 
+def procs(cell: dict) -> str:
+    """' (K processes)' for a cell computed under torchrun with K > 1 processes, else ''."""
+    k = cell.get("processes", 1)
+    return f" ({k} processes)" if k > 1 else ""
+
+
 def audit_table(rows: list[tuple[str, str, dict | None]]) -> list[str]:
     """Markdown rows for (model, defense label, cell) triples; a missing cell says so."""
     out = ["| model | defense | clean | transfer (unaware) | full gradient | BPDA | Square | **robust** (95 % CI) | "
@@ -97,14 +108,14 @@ def audit_table(rows: list[tuple[str, str, dict | None]]) -> list[str]:
         out.append(f"| {model} | {label}{extra} | {pct(c['clean_accuracy'])} | {pct(mode(c, 'transfer'))} | "
                    f"{pct(full)} | {pct(mode(c, 'BPDA'))} | {pct(mode(c, 'Square'))} | "
                    f"**{pct(c['robust_accuracy'])}** ({pct(lo)}–{pct(hi)}) | {pct(c['robust_accuracy_majority'])} | "
-                   f"{', '.join(c['flags']) or '–'} | {c['seconds']:.0f} s |")
+                   f"{', '.join(c['flags']) or '–'} | {c['seconds']:.0f} s{procs(c)} |")
     return out
 
 
 def universal_rows(args: argparse.Namespace, x: torch.Tensor, y: torch.Tensor, fit_x: torch.Tensor,
-                   out: list[str], done: Callable[[], None]) -> None:
+                   out: list[str], done: Callable[[], None], compute: bool = True) -> None:
     """Fill ``out`` with Markdown rows: accuracy of each FRU model and its base on x + δ for universal δ fitted on
-    the base and through the FRU model; ``done()`` after every row."""
+    the base and through the FRU model (``compute`` False: only the cached ones); ``done()`` after every row."""
     eps = args.eps / 255
     out[:] = ["| FRU model | perturbation | fitted on | base accuracy | FRU model accuracy | fit time |",
               "|:---|:---|:---|---:|---:|---:|"]
@@ -121,7 +132,7 @@ def universal_rows(args: argparse.Namespace, x: torch.Tensor, y: torch.Tensor, f
                     key["max_passes"] = 3
                 meta = cache / ("-".join(str(key[k]) for k in ("model", "method", "eps_255", "seed", "fit_images"))
                                 + ".json")
-                if args.render_only and not meta.is_file():
+                if not compute and not meta.is_file():
                     out.append(f"| {name} | {method} | {where} | not fitted yet |  |  |")
                     continue
                 delta = fit_cached(cache, key, net, fit_x)
@@ -186,11 +197,14 @@ def render(args: argparse.Namespace, cells: Cells, universal: list[str], command
         lines += [f"`advshield.audit(zoo:{a.timing_model}, \"{a.timing_defense}\", x, y, eps={a.eps}/255)` on "
                   f"the first {a.timing_n} test images, version `auto` (APGD 100 steps CE+DLR full and BPDA, Square "
                   f"1000 queries, sanity checks): **{t['seconds']:.0f} s** ({t['seconds'] / 60:.1f} min) on "
-                  f"{machine()}; robust accuracy {pct(t['robust_accuracy'])} %, flags: "
+                  f"{t.get('machine', machine())}{procs(t)}; robust accuracy {pct(t['robust_accuracy'])} %, flags: "
                   f"{', '.join(t['flags']) or 'none'}.", ""]
         lines += audit_table([(a.timing_model, LABELS.get(a.timing_defense, a.timing_defense), t)])
     lines += ["", "Times: the cells were computed by up to three benchmark processes sharing the 2 cores (and the "
-              "test suite at times), so every time here is an upper bound for an audit running alone."]
+              "test suite at times), so every time here is an upper bound for an audit running alone. A time "
+              "marked *(K processes)* is the wall time of the audit sharded over K torchrun processes of one thread "
+              "each (`torchrun --standalone --nproc_per_node K benchmarks/whitebox.py --threads 1 --only "
+              "nrp-dynamic`)."]
     return "\n".join(lines) + "\n"
 
 
@@ -233,6 +247,7 @@ def main() -> None:
                    "'universal', 'timing'; e.g. nrp-dynamic in a second process), render the rest from the cache")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
+    distributed.init("cpu")
     test = load_dataset("fashion-mnist", "test")
     n_max = max(args.n, args.timing_n)
     x, y = next(test.subset(n_max).batches(n_max))
@@ -241,8 +256,13 @@ def main() -> None:
     command = (f".venv/bin/python benchmarks/whitebox.py --n {args.n} --version {args.version} --eot {args.eot} "
                f"--draws {args.draws} --threads {args.threads}")
     universal: list[str] = ["Not fitted yet (rerun the command to resume)."]
-    write = lambda: update_section("whitebox", render(args, cells, universal, command), args.results)  # noqa: E731
+
+    def write() -> None:
+        if distributed.is_main():
+            update_section("whitebox", render(args, cells, universal, command), args.results)
+
     t0 = time.time()
+    universal_rows(args, x[: args.n], y[: args.n], fit_x, universal, lambda: None, compute=False)  # cached rows
     # cheapest and most used first; the section is rewritten after every cell (a stop loses nothing)
     only = set(args.only.split(",")) if args.only else None
     want = lambda part: only is None or part in only  # noqa: E731
@@ -256,7 +276,7 @@ def main() -> None:
         else:
             cells.get(d, m, compute=want(d))
         write()
-    if want("universal") or args.render_only:
+    if want("universal") and not args.render_only:
         universal_rows(args, x[: args.n], y[: args.n], fit_x, universal, write)
     write()
     print(f"wrote the whitebox section of {args.results} ({time.time() - t0:.0f} s)")
