@@ -108,3 +108,16 @@ def keyed(*results) -> Rows:
 def pct(v: float | None) -> str:
     """A [0,1] fraction as a percentage with one decimal; '–' for None or NaN."""
     return "–" if v is None or v != v else f"{100 * v:.1f}"
+
+
+def eot_rule_note(cells) -> list[str]:
+    """Markdown lines naming the randomized audit cells measured before APGD's EOT rule 2 (``meta["eot_rule"]``
+    absent), or []. ``cells``: (label, audit document or None) pairs."""
+    old = [label for label, c in cells if c and c["meta"].get("randomized") and c["meta"].get("eot_rule", 1) < 2]
+    if not old:
+        return []
+    return ["", f"**Measured with the earlier EOT rule:** {', '.join(old)}. Since commit 5441e3f APGD with EOT keeps "
+            "ascending after a point fools some of a step's draws and stops a sample only when a point fools all of "
+            "them (closer to the authors' implementation); these cells used the earlier rule, which stopped at the "
+            "first point fooling one draw. That attack is weaker, so their robust accuracies are upper bounds (delete "
+            "a cell's file under the cache to re-measure it)."]

@@ -12,7 +12,7 @@ import argparse
 from pathlib import Path
 
 import torch
-from _results import RESULTS, audit_cached, machine, update_section
+from _results import RESULTS, audit_cached, eot_rule_note, machine, update_section
 
 import advshield
 from advshield.data import load_dataset
@@ -64,6 +64,7 @@ def render(cells: list[dict], args: argparse.Namespace, command: str, missing: l
         lines.append(f"| {c['defense']} | {c['model']} | {pct(pa['clean'])} | {pct(get('transfer'))} | {pct(full)} | "
                      f"{pct(get('BPDA'))} | {pct(get('Square'))} | **{pct(c['robust_accuracy'])}** "
                      f"({pct(lo)}–{pct(hi)}) | {', '.join(c['flags']) or '–'} | {c['seconds']:.0f} s |")
+    lines += eot_rule_note((f"{c['defense']} × {c['model']}", c) for c in cells)
     if missing:
         lines += ["", f"Not measured yet (the run was stopped; rerun the command to resume): {', '.join(missing)}."]
     if args.note:

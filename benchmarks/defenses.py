@@ -28,7 +28,17 @@ import time
 from pathlib import Path
 
 import torch
-from _results import ATTACK_LABELS, RESULTS, audit_cached, keyed, machine, pct, run_engine, update_section
+from _results import (
+    ATTACK_LABELS,
+    RESULTS,
+    audit_cached,
+    eot_rule_note,
+    keyed,
+    machine,
+    pct,
+    run_engine,
+    update_section,
+)
 
 import advshield
 from advshield.attacks import hold_one_out
@@ -307,7 +317,8 @@ def main() -> None:
                  "if it survives every threat model in every draw; *transfer* (APGD-CE on the undefended model) is "
                  "defense-unaware and shown as contrast only. *time*: compute seconds summed over blocks and the "
                  "sanity checks (2 cores, at times shared with other runs: a cost indication, not a benchmark).", "",
-                 audit_table(cells), "", *audit_goal_lines(cells), ""]
+                 audit_table(cells), "", *audit_goal_lines(cells),
+                 *eot_rule_note((f"{d} × {m}", c) for (d, m), c in cells.items()), ""]
     if missing:
         body += [f"Not measured yet: {', '.join(missing)}.", ""]
     update_section("defenses", "\n".join(body), args.results)

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-from _results import RESULTS, audit_cached, fit_cached, machine, update_section
+from _results import RESULTS, audit_cached, eot_rule_note, fit_cached, machine, update_section
 from torch import nn
 
 import advshield
@@ -200,6 +200,9 @@ def render(args: argparse.Namespace, cells: Cells, universal: list[str], command
                   f"{t.get('machine', machine())}{procs(t)}; robust accuracy {pct(t['robust_accuracy'])} %, flags: "
                   f"{', '.join(t['flags']) or 'none'}.", ""]
         lines += audit_table([(a.timing_model, LABELS.get(a.timing_defense, a.timing_defense), t)])
+    every = [(f"{LABELS.get(d, d)} × {m}", cells.get(d, m)) for m in NRP_TARGETS for d in NRP_DEFENSES]
+    every += [(f"{LABELS[d]} × fmnist-lenet", cells.get(d, "fmnist-lenet")) for d in AE_DEFENSES]
+    lines += eot_rule_note(every)
     lines += ["", "Times: the cells were computed by up to three benchmark processes sharing the 2 cores (and the "
               "test suite at times), so every time here is an upper bound for an audit running alone. A time "
               "marked *(K processes)* is the wall time of the audit sharded over K torchrun processes of one thread "

@@ -70,6 +70,7 @@ def test_randomized_defense_gets_eot_and_repeated_draws(data):
     model, x, y = data
     res = advshield.audit(model, Noise(), x[:40], y[:40], EPS, version="quick", eot=3, draws=4)
     assert res.meta["randomized"] and res.meta["eot"] == 3 and res.meta["draws"] == 4
+    assert res.meta["eot_rule"] == 2  # APGD-EOT ascends until a point fools every draw (see attacks/apgd.py)
     assert res.meta["eps_curve_eot"] == 3 and len(res.meta["eps_curve"]) == 3  # ≤ CURVE_EOT: the audit's own EOT
     assert any("EOT 3" in k for k in res.per_attack)
     assert res.robust_accuracy <= res.robust_accuracy_majority + 1e-9  # worst of R is the headline

@@ -45,6 +45,10 @@ from ..utils import mix
 from .blockcache import BlockCache, fingerprint
 from .engine import restart_randomness, shrink
 
+# Version of APGD's rule for EOT runs recorded in AuditResult.meta["eot_rule"]: 2 = a sample keeps ascending until a
+# point fools every draw of a step, the latest point fooling the largest share is returned (1, before: the first
+# point fooling one draw ended the run). Cells measured under rule 1 are weaker attacks on randomized defenses.
+EOT_RULE = 2
 VERSIONS = ("auto", "quick")
 ZERO_GRAD_SHARE = 0.5  # more samples than this with an all-zero input gradient: the defense masks gradients
 CURVE_EOT = 5  # EOT of the sanity eps curve (the same attack at each eps: a like-for-like check, cheaper than EOT 20)
@@ -243,7 +247,8 @@ def audit(model: nn.Module, defense: Any, x: torch.Tensor, y: torch.Tensor, eps:
     lp = "Linf" if norm == "linf" else "L2"
     cache = BlockCache(resume_dir, fingerprint(
         model, guarded, x, y, repr(guarded), {"eps": eps, "norm": norm, "steps": steps, "n_queries": n_queries,
-                                              "eot": eot, "draws": draws, "seed": seed, "batch": batch_size}))
+                                              "eot": eot, "draws": draws, "seed": seed, "batch": batch_size,
+                                              **({"eot_rule": EOT_RULE} if randomized else {})}))
 
     def apgd_pair(target: nn.Module, e: float = eps, k: int = steps) -> Mode:
         """APGD-CE, then APGD-DLR on what CE left robust (DLR needs ≥ 4 classes)."""
@@ -384,7 +389,7 @@ def audit(model: nn.Module, defense: Any, x: torch.Tensor, y: torch.Tensor, eps:
     meta = {"eps": eps, "eps_255": round(eps * 255, 4), "norm": norm, "version": version, "steps": steps,
             "n_queries": n_queries, "eot": eot_iter, "draws": runs, "randomized": randomized,
             "differentiable": diff, "zero_gradient_share": zero_share, "seed": seed,
-            "unbounded_accuracy": unb, "eps_curve": curve, "eps_curve_eot": curve_eot,
+            "unbounded_accuracy": unb, "eps_curve": curve, "eps_curve_eot": curve_eot, "eot_rule": EOT_RULE,
             "seconds": round(time.time() - t0, 1),
             "compute_s": round(sum(float(blk["seconds"]) for _, blk in blocks) + sanity_s, 1),
             "defense": _describe(defense), "model": str(getattr(model, "spec", type(model).__name__)),
