@@ -92,7 +92,8 @@ def test_purifier_training_on_two_processes_equals_one_and_resumes_in_one(env, t
 @pytest.mark.parametrize("defense", ["resize-pad", "median"], ids=["randomized", "deterministic"])
 def test_audit_flags_identical_on_one_and_two_processes(env, tmp_path, fake_fmnist, defense):
     """Sharded audit: blocks of samples run on rank b % N with their randomness restarted from (seed, block
-    start), so per-sample flags, accuracies, sanity flags and examples match one process."""
+    start), the sanity checks on rank i % N with theirs restarted from (seed, check), so per-sample flags,
+    accuracies, sanity results and examples match one process."""
     import json
 
     common = ["audit", "--model", "zoo:tiny-lenet", "--defense", defense, "--n-images", "12", "--batch-size", "4",
@@ -106,6 +107,8 @@ def test_audit_flags_identical_on_one_and_two_processes(env, tmp_path, fake_fmni
         assert torch.equal(a[k], b[k]), k
     ja, jb = (json.loads((tmp_path / d / "audit.json").read_text()) for d in ("one", "two"))
     assert ja["per_attack"] == jb["per_attack"] and ja["flags"] == jb["flags"]
+    for k in ("eps_curve", "unbounded_accuracy"):  # the sanity checks, shared out over the ranks
+        assert ja["meta"][k] == jb["meta"][k], k
     assert ja["meta"]["randomized"] is (defense == "resize-pad")
     ea, eb = (load_file(str(tmp_path / d / "examples.safetensors")) for d in ("one", "two"))
     assert ea.keys() == eb.keys() and all(torch.equal(ea[k], eb[k]) for k in ea)

@@ -328,58 +328,75 @@ def audit(model: nn.Module, defense: Any, x: torch.Tensor, y: torch.Tensor, eps:
                 notes.append(f"transfer-beats-white-box: transfer {100 * v:.1f} % < best white-box "
                              f"{100 * best_white:.1f} %")
 
+    sub = min(len(x), 100)
+    xs, ys = x[:sub], y[:sub]
+    route = guarded if (diff or inner is None) else nn.Sequential(_BPDA(inner), model)
+    everyone = torch.ones(sub, dtype=torch.bool, device=device)
+    curve_eot = min(eot_iter, CURVE_EOT)
+    fracs = (0.25, 0.5, 1.0)
+
+    def piece(name: str) -> float | bool:
+        """One sanity check on the first 100 samples with the strongest white-box route, its randomness restarted
+        from (seed, name) so that any rank computes the same answer: "unbounded" (accuracy under an unbounded
+        attack), "curve-F" (accuracy at eps × F, the same attack with EOT ≤ CURVE_EOT at each F), "repro" (two
+        seeded runs give the same images)."""
+        devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+        with torch.random.fork_rng(devices=devices):
+            restart_randomness([guarded], mix(seed, "sanity", name))
+            if name == "unbounded":
+                unb_eps = 1.0 if norm == "linf" else float(math.sqrt(xs[0].numel()))
+                with seeded(seed):
+                    x_unb = PGD(route, eps=unb_eps, alpha=unb_eps / 10, steps=20, random_start=True)(xs, ys) \
+                        if norm == "linf" else _attack(lambda: APGD(route, norm="L2", eps=unb_eps, steps=20), xs,
+                                                       ys, everyone, seed, batch_size)
+                    return float(_correct(guarded, x_unb, ys, 1, batch_size).float().mean())
+            if name.startswith("curve-"):
+                f = float(name[6:])
+                xe = _attack(lambda: APGD(route, norm="Linf" if norm == "linf" else "L2", eps=eps * f,
+                                          steps=min(steps, 20), eot_iter=curve_eot), xs, ys, everyone, seed,
+                             batch_size)
+                with seeded(seed + 1):
+                    return float(_correct(guarded, xe, ys, 1, batch_size).float().mean())
+            if randomized:  # a randomized defense draws new noise on every call: two runs differ by design
+                return True
+            again, twice = _repeat(route, xs, ys, eps, norm, min(steps, 20), seed, batch_size, device)
+            return bool(torch.equal(again, twice))
+
     def sanity() -> tuple[list[str], list[str], float, list[float]]:
-        """Sanity checks on the first 100 samples with the strongest white-box route: (flags, notes,
-        accuracy under an unbounded attack, accuracy at eps × 0.25, 0.5, 1)."""
+        """The sanity checks (flags, notes, unbounded accuracy, accuracy at eps × 0.25, 0.5, 1); under torchrun
+        rank r computes the checks r, r + N, ... and every rank gets all answers."""
+        names = ["unbounded", *(f"curve-{f}" for f in fracs), "repro"]
+        rank, size = distributed.world()
+        got: dict[str, float | bool] = {}
+        for part in distributed.gather({n: piece(n) for i, n in enumerate(names) if i % size == rank}):
+            got.update(part)
         fl: list[str] = []
         nt: list[str] = []
-        sub = min(len(x), 100)
-        xs, ys = x[:sub], y[:sub]
-        route = guarded if (diff or inner is None) else nn.Sequential(_BPDA(inner), model)
-        unb_eps = 1.0 if norm == "linf" else float(math.sqrt(xs[0].numel()))
-        with seeded(seed):
-            x_unb = PGD(route, eps=unb_eps, alpha=unb_eps / 10, steps=20, random_start=True)(xs, ys) \
-                if norm == "linf" else _attack(lambda: APGD(route, norm="L2", eps=unb_eps, steps=20), xs, ys,
-                             torch.ones(sub, dtype=torch.bool, device=device), seed, batch_size)
-            unb = float(_correct(guarded, x_unb, ys, 1, batch_size).float().mean())
+        unb = float(got["unbounded"])
         if unb > 0.1:
             fl.append("unbounded-attack-fails")
-            nt.append(f"unbounded-attack-fails: with eps = {unb_eps:g} the white-box attack leaves "
-                      f"{100 * unb:.0f} % accuracy (should be ~0): the attack does not reach the model")
-        curve = []
-        for frac in (0.25, 0.5, 1.0):  # like compared with like: the same attack (EOT ≤ CURVE_EOT) at each eps
-            xe = _attack(lambda f=frac: APGD(route, norm="Linf" if norm == "linf" else "L2", eps=eps * f,
-                                             steps=min(steps, 20), eot_iter=curve_eot), xs, ys,
-                         torch.ones(sub, dtype=torch.bool, device=device), seed, batch_size)
-            with seeded(seed + 1):
-                curve.append(float(_correct(guarded, xe, ys, 1, batch_size).float().mean()))
+            nt.append(f"unbounded-attack-fails: with eps = {1.0 if norm == 'linf' else math.sqrt(xs[0].numel()):g} "
+                      f"the white-box attack leaves {100 * unb:.0f} % accuracy (should be ~0): the attack does not "
+                      "reach the model")
+        curve = [float(got[f"curve-{f}"]) for f in fracs]
         if any(b > a + 0.02 for a, b in zip(curve, curve[1:])):
             fl.append("not-monotone-in-eps")
             nt.append("not-monotone-in-eps: accuracy at eps × 0.25, 0.5, 1 = "
                       + ", ".join(f"{c:.2f}" for c in curve))
-        if randomized:  # a randomized defense draws new noise on every call: two runs differ by design
-            again = twice = xs
-        else:
-            again, twice = _repeat(route, xs, ys, eps, norm, min(steps, 20), seed, batch_size, device)
-        if not torch.equal(again, twice):
+        if not got["repro"]:
             fl.append("not-reproducible")
             nt.append("not-reproducible: the same attack with the same seed gave different images")
         return fl, nt, unb, curve
 
-    # on rank 0 (under torchrun), the others take its answer
-    curve_eot = min(eot_iter, CURVE_EOT)
+    # read back by rank 0 (under torchrun, every rank takes its answer), else computed by all ranks together
     sanity_key = "sanity" if curve_eot == eot_iter else f"sanity-curve-eot{curve_eot}"
-
-    def sanity_cached() -> tuple[list[str], list[str], float, list[float], float]:
-        got = cache.get_json(sanity_key)
-        if got is None:
-            t1 = time.time()
-            got = [*sanity(), time.time() - t1]
+    got = distributed.broadcast(cache.get_json(sanity_key) if distributed.is_main() else None)
+    if got is None:
+        t1 = time.time()
+        got = [*sanity(), time.time() - t1]
+        if distributed.is_main():
             cache.put_json(sanity_key, got)
-        return tuple(got)  # type: ignore[return-value]
-
-    more_flags, more_notes, unb, curve, sanity_s = distributed.broadcast(sanity_cached() if distributed.is_main()
-                                                                         else None)
+    more_flags, more_notes, unb, curve, sanity_s = got
     flags += more_flags
     notes += more_notes
 
