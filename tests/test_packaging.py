@@ -90,7 +90,8 @@ def fresh(wheel, tmp_path_factory) -> Fresh:
     borrowed = dict.fromkeys(sysconfig.get_paths()[k] for k in ("purelib", "platlib"))
     (site / "borrowed-deps.pth").write_text("".join(f"{p}\n" for p in borrowed))
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "ADVSHIELD_ZOO", "PYTHONHOME")}
-    env.update(OMP_NUM_THREADS="2", PYTHONNOUSERSITE="1")
+    env.setdefault("OMP_NUM_THREADS", "2")  # `make test` sets 1: its workers share the cores
+    env["PYTHONNOUSERSITE"] = "1"
     # pip runs from the borrowed site-packages; --ignore-installed: never touch this venv's editable advshield
     _run([str(py), "-m", "pip", "install", "--no-deps", "--no-index", "--ignore-installed", "-q", str(wheel)],
          cwd=root, env=env)
