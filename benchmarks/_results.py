@@ -119,5 +119,6 @@ def eot_rule_note(cells) -> list[str]:
     return ["", f"**Measured with the earlier EOT rule:** {', '.join(old)}. Since commit 5441e3f APGD with EOT keeps "
             "ascending after a point fools some of a step's draws and stops a sample only when a point fools all of "
             "them (closer to the authors' implementation); these cells used the earlier rule, which stopped at the "
-            "first point fooling one draw. That attack is weaker, so their robust accuracies are upper bounds (delete "
-            "a cell's file under the cache to re-measure it)."]
+            "first point fooling one draw, whose points fool fewer draws; the `eot-rule` section re-measures two such "
+            "cells under the new rule to show how much the numbers move (delete a cell's file under the cache to "
+            "re-measure it)."]
