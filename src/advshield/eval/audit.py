@@ -332,6 +332,7 @@ def audit(model: nn.Module, defense: Any, x: torch.Tensor, y: torch.Tensor, eps:
     xs, ys = x[:sub], y[:sub]
     route = guarded if (diff or inner is None) else nn.Sequential(_BPDA(inner), model)
     everyone = torch.ones(sub, dtype=torch.bool, device=device)
+    unb_eps = 1.0 if norm == "linf" else float(math.sqrt(xs[0].numel()))  # the whole pixel range
     curve_eot = min(eot_iter, CURVE_EOT)
     fracs = (0.25, 0.5, 1.0)
 
@@ -344,7 +345,6 @@ def audit(model: nn.Module, defense: Any, x: torch.Tensor, y: torch.Tensor, eps:
         with torch.random.fork_rng(devices=devices):
             restart_randomness([guarded], mix(seed, "sanity", name))
             if name == "unbounded":
-                unb_eps = 1.0 if norm == "linf" else float(math.sqrt(xs[0].numel()))
                 with seeded(seed):
                     x_unb = PGD(route, eps=unb_eps, alpha=unb_eps / 10, steps=20, random_start=True)(xs, ys) \
                         if norm == "linf" else _attack(lambda: APGD(route, norm="L2", eps=unb_eps, steps=20), xs,
@@ -375,7 +375,7 @@ def audit(model: nn.Module, defense: Any, x: torch.Tensor, y: torch.Tensor, eps:
         unb = float(got["unbounded"])
         if unb > 0.1:
             fl.append("unbounded-attack-fails")
-            nt.append(f"unbounded-attack-fails: with eps = {1.0 if norm == 'linf' else math.sqrt(xs[0].numel()):g} "
+            nt.append(f"unbounded-attack-fails: with eps = {unb_eps:g} "
                       f"the white-box attack leaves {100 * unb:.0f} % accuracy (should be ~0): the attack does not "
                       "reach the model")
         curve = [float(got[f"curve-{f}"]) for f in fracs]
